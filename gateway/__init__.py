@@ -1,0 +1,1 @@
+"""Secure messaging gateway for medical practices."""
