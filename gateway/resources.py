@@ -1,20 +1,25 @@
-"""Where the shipped non-Python files are: `templates/` and `alembic/` from a checkout, or their copies
-inside the installed wheel (`gateway/_templates`, `gateway/_alembic`, see pyproject.toml)."""
+"""Where the files shipped beside the code live: inside the installed wheel, or in the source checkout."""
 from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+import gateway
+
+_PACKAGE = Path(gateway.__file__).resolve().parent
 
 
-def _locate(installed: str, checkout: str) -> Path:
-    inside = _PACKAGE / installed
-    return inside if inside.is_dir() else _PACKAGE.parent / checkout
+def _shipped(bundled: str, in_checkout: str) -> Path:
+    # pyproject force-includes top-level folders into the wheel under gateway/_<name>;
+    # a source checkout (or an editable install) has them beside the package instead.
+    inside = _PACKAGE / bundled
+    return inside if inside.is_dir() else _PACKAGE.parent / in_checkout
 
 
 def templates_dir() -> Path:
-    return _locate("_templates", "templates")
+    """The top-level `templates/` folder (notices and portal pages)."""
+    return _shipped("_templates", "templates")
 
 
 def migrations_dir() -> Path:
-    return _locate("_alembic", "alembic")
+    """The top-level `alembic/` folder (database migrations)."""
+    return _shipped("_alembic", "alembic")
