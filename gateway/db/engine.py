@@ -30,16 +30,20 @@ def make_engine(url: str, **kwargs: object) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            # IMMEDIATE takes the write lock up front: two writers queue on busy_timeout instead of
-            # one failing with "database is locked" when it upgrades a read transaction.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front (IMMEDIATE): two writers then queue on busy_timeout
+            # instead of one failing with "database is locked" when it upgrades a read transaction.
+            # Readers (engine.execution_options(readonly=True)) begin DEFERRED and never block writers.
+            readonly = conn.get_execution_options().get("readonly", False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, *, readonly: bool = False) -> sessionmaker[Session]:
+    """Sessions for writers, or (readonly=True) for readers, which on SQLite do not take the write lock."""
+    bind = engine.execution_options(readonly=True) if readonly else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 @contextmanager

@@ -1,0 +1,46 @@
+"""Outbox rows: written in the same transaction as the message that causes them, claimed later by the
+dispatcher. They hold ids only; the notice is rendered when it is sent."""
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from gateway.db.tables import Message, OutboxRow, Thread, new_id
+
+
+def add_notice(
+    session: Session,
+    kind: str,
+    *,
+    patient_id: str | None = None,
+    practitioner_id: str | None = None,
+    thread_id: str | None = None,
+    message_id: str | None = None,
+    contact_id: str | None = None,
+    channel: str | None = None,
+) -> OutboxRow:
+    if (patient_id is None) == (practitioner_id is None):
+        raise ValueError("a notice has exactly one recipient")
+    row = OutboxRow(
+        id=new_id(),
+        kind=kind,
+        patient_id=patient_id,
+        practitioner_id=practitioner_id,
+        thread_id=thread_id,
+        message_id=message_id,
+        contact_id=contact_id,
+        channel=channel,
+        state="pending",
+    )
+    session.add(row)
+    return row
+
+
+def notify_other_party(session: Session, thread: Thread, message: Message) -> OutboxRow | None:
+    """A practitioner's message notifies the patient and the other way round; system notes notify nobody."""
+    if message.author == "practitioner":
+        return add_notice(session, "new_message", patient_id=thread.patient_id, thread_id=thread.id, message_id=message.id)
+    if message.author == "patient":
+        return add_notice(
+            session, "new_message", practitioner_id=thread.practitioner_id, thread_id=thread.id, message_id=message.id
+        )
+    return None
