@@ -5,8 +5,6 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,7 +16,9 @@ from gateway.db.keystore import Keystore, ensure_system_keys
 from gateway.resources import migrations_dir
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config  # imported here: every other command starts faster without it
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["url"] = url
@@ -63,11 +63,17 @@ class Gateway:
         if self.settings.master_key is None and not self.settings.key_file.exists():
             write_key_file(self.settings.key_file, [(new_key_id(), new_key())])
             created_key = True
+        self.init_schema()
+        return {"data_dir": str(data_dir.resolve()), "key_file_created": created_key, "schema": "head"}
+
+    def init_schema(self) -> None:
+        """Migrate to head and create the installation keys; idempotent."""
+        from alembic import command
+
         command.upgrade(alembic_config(self.settings.resolved_database_url), "head")
         with self.transaction() as session:
             ensure_system_keys(session, self.ring)
         self.reload_keys()
-        return {"data_dir": str(data_dir.resolve()), "key_file_created": created_key, "schema": "head"}
 
     def close(self) -> None:
         self.engine.dispose()

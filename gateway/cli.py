@@ -14,6 +14,7 @@ from gateway.errors import GatewayError
 
 Handler = Callable[[argparse.Namespace], "dict[str, Any] | None"]
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3  # `import` finished but rejected some rows (each named on stderr)
 
 
 class UsageError(GatewayError, ValueError):
@@ -103,7 +104,12 @@ def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError("CSV file not found")
     gw = _gateway()
-    return import_csv(gw, path, practice_slug=args.practice, dry_run=args.dry_run).as_dict()
+    report = import_csv(gw, path, practice_slug=args.practice, dry_run=args.dry_run)
+    for bad in report.rejected:
+        print(f"gateway: line {bad['line']}: {bad['reason']}", file=sys.stderr)
+    if report.rejected:
+        args.exit_code = EXIT_PARTIAL
+    return report.as_dict()
 
 
 # --- threads ---------------------------------------------------------------------------------------
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result is not None:
         print(json.dumps(result, ensure_ascii=False, default=str))
-    return 0
+    return int(getattr(args, "exit_code", 0))
 
 
 if __name__ == "__main__":

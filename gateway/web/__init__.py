@@ -1,0 +1,1 @@
+"""HTTP: the ASGI app (app.py) with the Twilio webhooks, the portal, the JSON API, health and metrics."""
