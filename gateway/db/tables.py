@@ -244,4 +244,14 @@ class RateCounter(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class PostmasterMail(Base):
+    """Mail to postmaster@ (RFC 5321), kept sealed under the directory key for the practice's administrators."""
+
+    __tablename__ = "postmaster_mail"
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    size: Mapped[int] = mapped_column(Integer)
+    raw_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 metadata = Base.metadata
