@@ -78,6 +78,13 @@ def get_practitioner(session: Session, slug: str) -> Practitioner:
     return practitioner
 
 
+def get_practitioner_by_id(session: Session, practitioner_id: str) -> Practitioner:
+    practitioner = session.get(Practitioner, practitioner_id)
+    if practitioner is None:
+        raise NotFound("unknown practitioner")
+    return practitioner
+
+
 def practitioner_name(keys: Keystore, practitioner: Practitioner) -> str:
     return keys.directory.open_text(practitioner.name_ct, aad=practitioner_name_aad(practitioner.id))
 

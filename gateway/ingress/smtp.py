@@ -1,0 +1,185 @@
+"""The SMTP/LMTP edge (aiosmtpd). Cheap checks at RCPT (unknown recipient 550 5.1.1, closed thread or
+messaging off 550 5.7.1), size at DATA (552 5.3.4), then hand-off to the intake pipeline in a worker
+thread. `250` is said only after the pipeline committed; any failure before that is `451 4.3.0`."""
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.app import Gateway
+from gateway.errors import Reject
+from gateway.intake.pipeline import EmailIntake
+from gateway.intake.values import InboundEmail
+from gateway.logs import get_logger
+
+log = get_logger("gateway.smtp")
+
+ACCEPTED = "250 2.0.0 Message accepted"
+RCPT_OK = "250 2.1.5 Recipient ok"
+TEMPORARY = "451 4.3.0 Temporary failure, please retry later"
+TOO_BIG = "552 5.3.4 Message too big for system"
+# aiosmtpd answers these itself; we give them their enhanced status codes.
+_NAMED = {
+    "552 Error: Too much mail data": TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
+}
+
+
+class _NamedReplies:
+    """Mixin for aiosmtpd's server classes: its own refusals carry enhanced status codes."""
+
+    # Real mail has longer lines than RFC 5322's 998 (HTML from some clients): refusing them loses mail.
+    line_length_limit = 32768
+
+    async def push(self, status: str) -> None:
+        await super().push(_NAMED.get(status, status))  # type: ignore[misc]
+
+
+class GatewaySMTP(_NamedReplies, SMTP):
+    pass
+
+
+class GatewayLMTP(_NamedReplies, LMTP):
+    pass
+
+
+class IntakeHandler:
+    """aiosmtpd hooks. Database and DNS work runs in a thread pool: a commit on the event loop would stall
+    every connection."""
+
+    def __init__(self, intake: EmailIntake, *, lmtp: bool, workers: int = 8) -> None:
+        self.intake = intake
+        self.lmtp = lmtp
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp-intake")
+        self.in_flight = 0
+        self._idle = threading.Condition()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        try:
+            await self._run(self.intake.resolve, address)
+        except Reject as outcome:
+            return outcome.smtp_reply
+        except Exception as exc:  # noqa: BLE001 - the edge: a failed lookup must be a retry, never a crash
+            log.error("smtp.rcpt_failed", error=type(exc).__name__)
+            return TEMPORARY
+        envelope.rcpt_tos.append(address)
+        return RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._enter()
+        try:
+            raw = envelope.original_content or b""
+            if isinstance(raw, str):
+                raw = raw.encode("utf-8", "surrogateescape")
+            client_ip = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+            mail_from = envelope.mail_from if envelope.mail_from not in (None, "<>") else ""
+            replies = []
+            for rcpt in envelope.rcpt_tos:
+                inbound = InboundEmail(raw, rcpt, mail_from, client_ip, session.host_name)
+                replies.append(await self._deliver(inbound))
+            return "\r\n".join(replies) if self.lmtp else _one_reply(replies)
+        finally:
+            self._leave()
+
+    async def _deliver(self, inbound: InboundEmail) -> str:
+        try:
+            await self._run(self.intake.deliver, inbound)
+            return ACCEPTED
+        except Reject as outcome:
+            return outcome.smtp_reply
+        except Exception as exc:  # noqa: BLE001 - the edge: nothing was committed, so the sender retries
+            log.error("smtp.data_failed", error=type(exc).__name__)
+            return TEMPORARY
+
+    def _enter(self) -> None:
+        with self._idle:
+            self.in_flight += 1
+
+    def _leave(self) -> None:
+        with self._idle:
+            self.in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self.in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+
+def _one_reply(replies: list[str]) -> str:
+    """SMTP has one reply for all recipients: retry if any failed temporarily (duplicates are recognised
+    on the resend), accept if any was accepted, else the first refusal."""
+    if any(r.startswith("4") for r in replies):
+        return next(r for r in replies if r.startswith("4"))
+    if any(r.startswith("2") for r in replies):
+        return ACCEPTED
+    return replies[0] if replies else "503 5.5.1 No valid recipients"
+
+
+class _Controller(Controller):
+    def __init__(self, handler: IntakeHandler, server_class: type[SMTP], **kwargs: Any) -> None:
+        self.server_class = server_class
+        super().__init__(handler, **kwargs)
+
+    def factory(self) -> SMTP:
+        return self.server_class(self.handler, **self.SMTP_kwargs)
+
+
+class SmtpServer:
+    """The listening server: `start()` binds in its own thread and loop; `stop()` drains, then closes."""
+
+    def __init__(self, gw: Gateway, *, intake: EmailIntake | None = None, host: str | None = None, port: int | None = None) -> None:
+        settings = gw.settings
+        self.lmtp = settings.smtp_protocol == "lmtp"
+        self.handler = IntakeHandler(intake or EmailIntake(gw), lmtp=self.lmtp)
+        tls: ssl.SSLContext | None = None
+        if settings.smtp_tls_cert and settings.smtp_tls_key:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(str(settings.smtp_tls_cert), str(settings.smtp_tls_key))
+        self.host = host or settings.smtp_host
+        self.port = port if port is not None else settings.smtp_port
+        self.controller = _Controller(
+            self.handler,
+            GatewayLMTP if self.lmtp else GatewaySMTP,
+            hostname=self.host,
+            port=self.port,
+            server_hostname=settings.mail_domain,
+            data_size_limit=settings.max_message_bytes,
+            tls_context=tls,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            ident="gateway ESMTP",
+        )
+
+    def start(self) -> None:
+        self.controller.start()
+        log.info("smtp.listening", protocol="lmtp" if self.lmtp else "smtp", port=self.port)
+
+    def stop(self, drain_timeout: float = 30.0) -> bool:
+        """Stop accepting connections, let in-flight DATA finish (up to drain_timeout), then close.
+        Returns False when the drain timed out."""
+        server = self.controller.server
+        if server is not None:
+            self.controller.loop.call_soon_threadsafe(server.close)
+        drained = self.handler.wait_idle(drain_timeout)
+        self.controller.stop()
+        self.handler.executor.shutdown(wait=True)
+        log.info("smtp.stopped", drained=drained)
+        return drained
