@@ -4,6 +4,7 @@ thread. `250` is said only after the pipeline committed; any failure before that
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import threading
 import time
@@ -21,6 +22,9 @@ from gateway.intake.values import InboundEmail
 from gateway.logs import get_logger
 
 log = get_logger("gateway.smtp")
+# aiosmtpd logs every command line (addresses included) at INFO and DEBUG: its logger stays at WARNING
+# whatever level the process runs at.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 ACCEPTED = "250 2.0.0 Message accepted"
 RCPT_OK = "250 2.1.5 Recipient ok"

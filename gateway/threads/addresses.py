@@ -41,7 +41,8 @@ def read_token(signer: Signer, local_part: str) -> ReplyToken | None:
         raw = base64.b32decode(text + "=" * (-len(text) % 8))
     except (binascii.Error, ValueError):
         return None
-    if len(raw) != 16 + 1 + 2 + 10:
+    # Base32's last character carries unused bits: only the canonical spelling of a token is the token.
+    if len(raw) != 16 + 1 + 2 + 10 or base64.b32encode(raw).decode().rstrip("=") != text:
         return None
     payload, tag = raw[:19], raw[19:]
     if not signer.verify(payload, tag) or payload[16:17] not in _BY_BYTE:
