@@ -39,12 +39,21 @@ class Settings(BaseSettings):
     notice_dkim_key_file: Path | None = None
     notice_coalesce_minutes: int = 60
     login_link_ttl_hours: int = 72
+    # Outbox and workers: a claimed row not finished within the lease is handed out again (a killed worker).
+    notice_lease_seconds: float = 300.0
+    notice_poll_seconds: float = 0.5
+    notice_retry_base_seconds: float = 30.0
+    notice_retry_max_seconds: float = 3600.0
+    notice_max_attempts: int = 10
+    worker_threads: int = 8
+    broker_namespace: str = "gateway"  # prefixes the broker's queue names, so installations can share a broker
     emergency_numbers: str = "15, 112, 114"
 
     sender_auth: Literal["verify", "trust-header", "none"] = "verify"
     trusted_authserv_id: str = ""
     trusted_arc_signers: str = ""  # comma-separated forwarder domains whose ARC seal is trusted
     dns_resolver: str = ""  # host:port; empty: the system resolver
+    dns_timeout: float = 5.0  # seconds per DNS lookup of the sender checks
 
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr | None = None
@@ -53,6 +62,8 @@ class Settings(BaseSettings):
 
     default_locale: Literal["fr", "en"] = "fr"
     portal_second_factor: Literal["sms", "email", "off"] = "off"
+    portal_session_idle_minutes: int = 30
+    portal_session_max_hours: int = 12
     log_level: str = "INFO"
 
     @field_validator("database_url", "broker_url", "public_url", mode="after")

@@ -98,6 +98,7 @@ class MailAuthenticator:
             dns_resolver=settings.dns_resolver or None,
             trusted_authserv_id=settings.trusted_authserv_id or None,
             trusted_arc_signers=settings.arc_signers,
+            timeout=settings.dns_timeout,
         )
 
     def check(
