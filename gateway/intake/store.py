@@ -18,7 +18,9 @@ from gateway.directory.practices import get_practitioner_by_id
 from gateway.threads.service import NewAttachment, find_duplicate, get_thread, open_thread, post_message
 
 RATE_LIMITED = Reject(451, "4.7.0", "Too many messages from this sender, please retry later")
+EMPTY = Reject(550, "5.6.0", "The message is empty: nothing to deliver")
 NO_SUBJECT = {"fr": "(sans objet)", "en": "(no subject)"}
+NO_TEXT = {"fr": "(message sans texte)", "en": "(message without text)"}
 
 
 def refused_note(names: list[tuple[str, str]], locale: str) -> str:
@@ -70,8 +72,13 @@ def store(
         thread = get_thread(session, identified.thread_id or "")
 
     accepted, refused = screen(email.attachments, limits)
+    body = (email.body or email.full_text).strip("\r\n")
+    if not body.strip():
+        if not email.attachments:
+            raise EMPTY
+        body = NO_TEXT.get(default_locale, NO_TEXT["en"])
     message = post_message(
-        session, keys, thread, author=sender.party, channel="email", body=email.body or email.full_text,
+        session, keys, thread, author=sender.party, channel="email", body=body,
         attachments=tuple(NewAttachment(a.filename, a.content_type, a.data) for a in accepted),
         original=identified.parsed.inbound.raw, dedupe=("email", dedupe_key),
     )
