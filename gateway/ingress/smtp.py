@@ -72,13 +72,17 @@ class IntakeHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         try:
-            await self._run(self.intake.resolve, address)
+            destination = await self._run(self.intake.resolve, address)
         except Reject as outcome:
             return outcome.smtp_reply
         except Exception as exc:  # noqa: BLE001 - the edge: a failed lookup must be a retry, never a crash
             log.error("smtp.rcpt_failed", error=type(exc).__name__)
             return TEMPORARY
         envelope.rcpt_tos.append(address)
+        # Kept for DATA, so the address is not looked up twice (the store step re-checks the thread).
+        destinations = getattr(envelope, "destinations", None) or {}
+        destinations[address] = destination
+        envelope.destinations = destinations  # type: ignore[attr-defined]
         return RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -90,8 +94,9 @@ class IntakeHandler:
             client_ip = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
             mail_from = envelope.mail_from if envelope.mail_from not in (None, "<>") else ""
             replies = []
+            destinations = getattr(envelope, "destinations", {})
             for rcpt in envelope.rcpt_tos:
-                inbound = InboundEmail(raw, rcpt, mail_from, client_ip, session.host_name)
+                inbound = InboundEmail(raw, rcpt, mail_from, client_ip, session.host_name, destinations.get(rcpt))
                 replies.append(await self._deliver(inbound))
             return "\r\n".join(replies) if self.lmtp else _one_reply(replies)
         finally:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.app import Gateway
 from gateway.db.tables import PostmasterMail, new_id
 from gateway.crypto import binding
-from gateway.errors import Discard, Reject
+from gateway.errors import Conflict, Discard, Reject
 from gateway.intake import classify, identify, route
 from gateway.intake.attachments import AttachmentLimits
 from gateway.intake.authenticate import authenticate
@@ -83,7 +83,7 @@ class EmailIntake:
 
     def _deliver(self, inbound: InboundEmail) -> Delivered:
         gw, keys = self.gw, self.gw.keys
-        destination = self.resolve(inbound.rcpt)
+        destination = inbound.destination or self.resolve(inbound.rcpt)
         try:
             email = parse(inbound.raw, envelope_sender=inbound.mail_from)
         except Unparseable:
@@ -111,6 +111,9 @@ class EmailIntake:
                 )
         except Discard as discard:
             return Delivered(discarded=discard.reason)
+        except Conflict:
+            # The thread was closed (or messaging switched off) between RCPT and the end of DATA.
+            raise route.CLOSED from None
         except IntegrityError:
             # Two deliveries of the same message may race; the unique dedupe key lets exactly one commit.
             # Anything else that broke a constraint is a real failure (451 at the edge).

@@ -10,25 +10,26 @@ Party = Literal["patient", "practitioner"]
 
 
 @dataclass(frozen=True)
-class InboundEmail:
-    """What the SMTP edge hands over: one message for one recipient."""
-
-    raw: bytes
-    rcpt: str
-    mail_from: str | None
-    client_ip: str
-    helo: str | None
-
-
-@dataclass(frozen=True)
 class Destination:
-    """What a recipient address names. Decided at RCPT and again, authoritatively, after DATA."""
+    """What a recipient address names. Decided at RCPT; the store step re-checks the thread is open."""
 
     kind: Literal["reply", "new_thread", "postmaster", "bounces"]
     thread_id: str | None = None
     party: Party | None = None  # who may write to a reply address
     practitioner_id: str | None = None
     practice_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundEmail:
+    """What the SMTP edge hands over: one message for one recipient (resolved at RCPT when it came by SMTP)."""
+
+    raw: bytes
+    rcpt: str
+    mail_from: str | None
+    client_ip: str
+    helo: str | None
+    destination: Destination | None = None
 
 
 @dataclass(frozen=True)
