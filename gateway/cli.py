@@ -229,6 +229,17 @@ def cmd_keys_retire(args: argparse.Namespace) -> dict[str, Any]:
 # --- parser ----------------------------------------------------------------------------------------
 
 
+def _lazy(module: str, name: str) -> Handler:
+    """A handler imported only when its command runs (the portal's modules are heavier than the CLI)."""
+
+    def run(args: argparse.Namespace) -> dict[str, Any] | None:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)  # type: ignore[no-any-return]
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Secure messaging gateway for medical practices.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -256,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--email", required=True)
     p.add_argument("--no-messaging", action="store_true")
+    p = leaf(practitioner, "invite", _lazy("gateway.web.cli", "cmd_practitioner_invite"),
+             "print a single-use link where the practitioner sets their password")
+    p.add_argument("slug")
 
     patient = group("patient", "patients")
     p = leaf(patient, "add", cmd_patient_add, "add a patient")
@@ -265,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phone")
     p.add_argument("--verified", action="store_true", help="the practice attests the contacts (audited)")
     p.add_argument("--locale", choices=("fr", "en"))
+    p = leaf(patient, "verify", _lazy("gateway.web.cli", "cmd_patient_verify"),
+             "send a verification link (email) or code (SMS) to the patient's contact")
+    p.add_argument("--patient", required=True)
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--email", action="store_true")
+    kind.add_argument("--phone", action="store_true")
     p = leaf(patient, "erase", cmd_patient_erase, "crypto-shred a patient (right to erasure)")
     p.add_argument("id")
 

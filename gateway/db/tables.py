@@ -96,6 +96,7 @@ class Practitioner(Base):
     messaging_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     password_hash: Mapped[str | None] = mapped_column(String(255))
     totp_secret_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)  # a TOTP code is accepted once (no replay)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -252,6 +253,44 @@ class PostmasterMail(Base):
     size: Mapped[int] = mapped_column(Integer)
     raw_ct: Mapped[bytes] = mapped_column(LargeBinary)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebSession(Base):
+    """A signed-in browser (patient or practitioner). Only the hash of the cookie's token is stored."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(ForeignKey("patients.id"), index=True)
+    practitioner_id: Mapped[str | None] = mapped_column(ForeignKey("practitioners.id"), index=True)
+    # Signed in by link but still owing the second factor: no page but the code page is open to it.
+    second_factor_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    landing_thread_id: Mapped[str | None] = mapped_column(ID)  # where the login link pointed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the absolute timeout
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """A practice's key to the JSON API; only a hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    practice_id: Mapped[str] = mapped_column(ForeignKey("practices.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ThreadRead(Base):
+    """When each side last read a thread: unread-first inboxes, and "no login since the notice" for coalescing."""
+
+    __tablename__ = "thread_reads"
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id"), primary_key=True)
+    party: Mapped[str] = mapped_column(String(16), primary_key=True)  # patient | practitioner
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 metadata = Base.metadata

@@ -1,0 +1,438 @@
+"""The practitioner's pages under /portal/pro/: sign-in (argon2 password set from an invitation link, optional
+TOTP), the inbox (unread first, held SMS to triage), a thread (audited read), reply with attachments, close,
+switching their own messaging on or off, and TOTP set-up.
+"""
+from __future__ import annotations
+
+import hmac
+import importlib
+import time
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.audit import record
+from gateway.crypto import DecryptionError, binding
+from gateway.db.keystore import Keystore
+from gateway.db.tables import Patient, Practice, Practitioner, Thread
+from gateway.directory.contacts import find_contacts, normalize_email
+from gateway.directory.patients import patient_name
+from gateway.errors import Conflict, InvalidInput
+from gateway.threads.service import close_thread, list_threads, post_message, read_thread
+from gateway.web import pages
+from gateway.web.app import gateway_of
+from gateway.web.portal import Files, attachment_response, check_text, mark_read, read_uploads, subject_of, unread
+from gateway.web.security import (
+    LOGIN_PER_ACCOUNT,
+    LOGIN_PER_CLIENT,
+    Viewer,
+    allow,
+    check_csrf,
+    client_key,
+    current_viewer,
+    end_session,
+    end_sessions_of,
+    finish,
+    open_session,
+    set_session_cookie,
+)
+
+router = APIRouter(include_in_schema=False)
+HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verified against when the address is unknown, so a miss costs the same time as a wrong password.
+_DUMMY_HASH = HASHER.hash("not a password of anyone")
+MIN_PASSWORD = 12
+TOTP_ISSUER = "Secure messaging"
+
+
+def password_problem(password: str, again: str) -> str | None:
+    if len(password) < MIN_PASSWORD:
+        return "too_short"
+    if password != again:
+        return "mismatch"
+    return None
+
+
+def set_password(db: Session, practitioner_id: str, password: str) -> None:
+    practitioner = db.get(Practitioner, practitioner_id)
+    assert practitioner is not None
+    practitioner.password_hash = HASHER.hash(password)
+    end_sessions_of(db, practitioner_id=practitioner_id)
+    record(db, f"practitioner:{practitioner_id}", "practitioner.password_set", "practitioner", practitioner_id)
+
+
+def _totp_aad(practitioner_id: str) -> bytes:
+    return binding("practitioners", practitioner_id, "totp")
+
+
+def _totp_ok(keys: Keystore, practitioner: Practitioner, code: str, secret: str | None = None) -> bool:
+    """A current code (one step of clock drift either way), each accepted once: a seen code cannot be replayed."""
+    if secret is None:
+        if practitioner.totp_secret_ct is None:
+            return False
+        secret = keys.directory.open_text(practitioner.totp_secret_ct, aad=_totp_aad(practitioner.id))
+    code = "".join(code.split())
+    if not (code.isdigit() and len(code) == 6):
+        return False
+    totp = pyotp.TOTP(secret)
+    now_step = int(time.time()) // totp.interval
+    for step in (now_step - 1, now_step, now_step + 1):
+        if hmac.compare_digest(totp.at(step * totp.interval), code) and step > (practitioner.totp_last_step or -1):
+            practitioner.totp_last_step = step
+            return True
+    return False
+
+
+def _pro_viewer(request: Request, db: Session, gw: Any) -> Viewer | Response:
+    viewer = current_viewer(request, db, gw.settings)
+    if viewer is None or viewer.practitioner_id is None:
+        return finish(request, RedirectResponse("/portal/pro/login", status_code=303), gw.settings)
+    return viewer
+
+
+def _me(db: Session, viewer: Viewer) -> Practitioner:
+    practitioner = db.get(Practitioner, viewer.practitioner_id)
+    assert practitioner is not None
+    return practitioner
+
+
+def _own_thread(db: Session, viewer: Viewer, thread_id: str) -> Thread | None:
+    thread = db.get(Thread, thread_id) if len(thread_id) <= 64 else None
+    return thread if thread is not None and thread.practitioner_id == viewer.practitioner_id else None
+
+
+def _patient_label(keys: Keystore, patient: Patient | None) -> str | None:
+    if patient is None or patient.erased_at is not None:
+        return None
+    try:
+        return patient_name(keys, patient)
+    except DecryptionError:
+        return None
+
+
+def _locale(request: Request, gw: Any) -> str:
+    return pages.pick_locale(request, gw)
+
+
+# --- sign-in -----------------------------------------------------------------------------------------
+
+
+@router.get("/portal/pro/login")
+def login_page(request: Request, thread: Annotated[str, Query(max_length=64)] = "") -> Response:
+    gw = gateway_of(request)
+    return pages.render(request, gw, "pro_login.html", locale=_locale(request, gw), error=None, thread=thread, email="")
+
+
+@router.post("/portal/pro/login")
+def login(
+    request: Request,
+    csrf: Annotated[str, Form()] = "",
+    email: Annotated[str, Form(max_length=320)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    code: Annotated[str, Form(max_length=20)] = "",
+    thread: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys
+    check_csrf(request, gw, csrf)
+    locale = _locale(request, gw)
+    with gw.transaction() as db:
+        if not allow(db, LOGIN_PER_CLIENT, client_key(request, gw)):
+            return pages.render(request, gw, "error.html", locale=locale, status=429, problem="rate_limited")
+        try:
+            address = normalize_email(email)
+        except InvalidInput:
+            address = None
+        practitioner = None
+        if address is not None:
+            if not allow(db, LOGIN_PER_ACCOUNT, keys.index("email", address)[:40]):
+                return pages.render(request, gw, "error.html", locale=locale, status=429, problem="rate_limited")
+            for contact in find_contacts(db, keys, "email", address):
+                if contact.practitioner_id is not None:
+                    practitioner = db.get(Practitioner, contact.practitioner_id)
+                    break
+        ok = _password_ok(practitioner, password)
+        if ok and practitioner is not None and practitioner.totp_secret_ct is not None:
+            ok = _totp_ok(keys, practitioner, code)
+        if not ok or practitioner is None:
+            if practitioner is not None:
+                record(db, f"practitioner:{practitioner.id}", "session.login_failed", "practitioner", practitioner.id)
+            return pages.render(request, gw, "pro_login.html", locale=locale, status=401, error="credentials",
+                                thread=thread, email=email)
+        assert practitioner.password_hash is not None
+        if HASHER.check_needs_rehash(practitioner.password_hash):
+            practitioner.password_hash = HASHER.hash(password)
+        end_session(db, current_viewer(request, db, gw.settings))
+        raw = open_session(db, gw.settings, practitioner_id=practitioner.id)
+        record(db, f"practitioner:{practitioner.id}", "session.login", "practitioner", practitioner.id, via="password")
+        target = "/portal/pro/"
+        if thread:
+            own = db.get(Thread, thread)
+            if own is not None and own.practitioner_id == practitioner.id:
+                target = f"/portal/pro/threads/{own.id}"
+    response = finish(request, RedirectResponse(target, status_code=303), gw.settings)
+    set_session_cookie(response, gw.settings, raw)
+    return response
+
+
+def _password_ok(practitioner: Practitioner | None, password: str) -> bool:
+    stored = practitioner.password_hash if practitioner is not None else None
+    try:
+        return HASHER.verify(stored or _DUMMY_HASH, password) and stored is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# --- inbox and threads -------------------------------------------------------------------------------
+
+
+def held_for_triage(db: Session, keys: Keystore, practitioner: Practitioner) -> list[dict[str, Any]]:
+    """SMS held because they could not be routed to a thread, when the SMS intake provides them.
+
+    The SMS area owns how held messages are stored; it exposes `held_for_practice(session, keys, practice_id)`
+    returning dicts with at least "id" and "received_at". Without it there is nothing to triage."""
+    try:
+        module = importlib.import_module("gateway.ingress.held")
+    except ModuleNotFoundError:
+        return []
+    provider = getattr(module, "held_for_practice", None)
+    return list(provider(db, keys, practitioner.practice_id)) if provider is not None else []
+
+
+@router.get("/portal/pro/")
+def inbox(request: Request) -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        me = _me(db, viewer)
+        threads = list_threads(db, practitioner_id=me.id)
+        new = unread(db, [t.id for t in threads], "practitioner")
+        patients = {p.id: p for p in db.scalars(select(Patient).where(Patient.id.in_({t.patient_id for t in threads})))}
+        record(db, viewer.actor, "thread.list", "practitioner", me.id, count=len(threads))
+        rows = [
+            {
+                "id": t.id,
+                "subject": subject_of(db, keys, t),
+                "patient": _patient_label(keys, patients.get(t.patient_id)),
+                "code": t.code,
+                "status": t.status,
+                "last": t.last_message_at or t.created_at,
+                "unread": t.id in new,
+            }
+            for t in threads
+        ]
+        # Unread first, then open before closed, then the most recent activity.
+        rows.sort(key=lambda r: r["last"], reverse=True)
+        rows.sort(key=lambda r: (not r["unread"], r["status"] != "open"))
+        practice = db.get(Practice, me.practice_id)
+        return pages.render(
+            request, gw, "pro_inbox.html", locale=_locale(request, gw), viewer_kind="practitioner",
+            threads=rows, held=held_for_triage(db, keys, me), messaging=me.messaging_enabled,
+            practice=practice.display_name if practice else "",
+        )
+
+
+def _thread_page(
+    request: Request, db: Session, gw: Any, keys: Keystore, viewer: Viewer, thread: Thread, *,
+    status: int = 200, draft: str = "", refused: tuple[Any, ...] = (), error: str | None = None,
+) -> Response:
+    view = read_thread(db, keys, thread, actor=viewer.actor)
+    mark_read(db, thread.id, "practitioner")
+    return pages.render(
+        request, gw, "pro_thread.html", locale=_locale(request, gw), status=status, viewer_kind="practitioner",
+        thread=view, patient=_patient_label(keys, db.get(Patient, thread.patient_id)), draft=draft,
+        refused=refused, error=error, base=f"/portal/pro/threads/{thread.id}",
+    )
+
+
+@router.get("/portal/pro/threads/{thread_id}")
+def thread_page(request: Request, thread_id: str) -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        thread = _own_thread(db, viewer, thread_id)
+        if thread is None:
+            return pages.error_page(request, 404)
+        return _thread_page(request, db, gw, keys, viewer, thread)
+
+
+@router.post("/portal/pro/threads/{thread_id}/messages")
+def reply(
+    request: Request,
+    thread_id: str,
+    csrf: Annotated[str, Form()] = "",
+    body: Annotated[str, Form()] = "",
+    files: Files = [],  # noqa: B006 - FastAPI copies defaults
+) -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys
+    check_csrf(request, gw, csrf)
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        thread = _own_thread(db, viewer, thread_id)
+        if thread is None:
+            return pages.error_page(request, 404)
+        accepted, refused = read_uploads(files)
+        if refused:
+            return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, refused=refused)
+        try:
+            check_text(None, body)
+            message = post_message(db, keys, thread, author="practitioner", channel="portal", body=body,
+                                   attachments=accepted)
+        except (InvalidInput, Conflict) as exc:
+            problem = "closed" if isinstance(exc, Conflict) else "empty"
+            return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, error=problem)
+        record(db, viewer.actor, "message.post", "message", message.id, thread=thread.id, channel="portal")
+        return finish(request, RedirectResponse(f"/portal/pro/threads/{thread.id}#m-{message.id}", status_code=303),
+                      gw.settings)
+
+
+@router.post("/portal/pro/threads/{thread_id}/close")
+def close(request: Request, thread_id: str, csrf: Annotated[str, Form()] = "") -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys  # noqa: F841 - loaded before the write transaction (SQLite)
+    check_csrf(request, gw, csrf)
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        thread = _own_thread(db, viewer, thread_id)
+        if thread is None:
+            return pages.error_page(request, 404)
+        close_thread(db, thread, actor=viewer.actor)
+        return finish(request, RedirectResponse(f"/portal/pro/threads/{thread.id}", status_code=303), gw.settings)
+
+
+@router.get("/portal/pro/threads/{thread_id}/attachments/{attachment_id}")
+def download(request: Request, thread_id: str, attachment_id: str) -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        thread = _own_thread(db, viewer, thread_id)
+        response = attachment_response(db, keys, thread, attachment_id, actor=viewer.actor) if thread else None
+        return response if response is not None else pages.error_page(request, 404)
+
+
+# --- settings: messaging on/off, TOTP ----------------------------------------------------------------
+
+
+def _settings_page(request: Request, gw: Any, me: Practitioner, *, status: int = 200, error: str | None = None,
+                   setup: dict[str, str] | None = None) -> Response:
+    return pages.render(
+        request, gw, "pro_settings.html", locale=_locale(request, gw), status=status, viewer_kind="practitioner",
+        messaging=me.messaging_enabled, totp=me.totp_secret_ct is not None, error=error, setup=setup,
+    )
+
+
+@router.get("/portal/pro/settings")
+def settings_page(request: Request) -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys  # noqa: F841
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        return _settings_page(request, gw, _me(db, viewer))
+
+
+@router.post("/portal/pro/messaging")
+def messaging(request: Request, csrf: Annotated[str, Form()] = "", enabled: Annotated[str, Form(max_length=8)] = "") -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys  # noqa: F841
+    check_csrf(request, gw, csrf)
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        me = _me(db, viewer)
+        wanted = enabled == "on"
+        if me.messaging_enabled != wanted:
+            me.messaging_enabled = wanted
+            record(db, viewer.actor, "practitioner.messaging", "practitioner", me.id, enabled=wanted)
+        return finish(request, RedirectResponse("/portal/pro/settings", status_code=303), gw.settings)
+
+
+@router.post("/portal/pro/totp/start")
+def totp_start(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys
+    check_csrf(request, gw, csrf)
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        me = _me(db, viewer)
+        return _settings_page(request, gw, me, setup=_totp_setup(keys, me, pyotp.random_base32()))
+
+
+def _totp_setup(keys: Keystore, me: Practitioner, secret: str) -> dict[str, str]:
+    # The account label is the slug, not the name or address: the authenticator app is outside our control.
+    uri = pyotp.TOTP(secret).provisioning_uri(name=me.slug, issuer_name=TOTP_ISSUER)
+    return {"secret": secret, "uri": uri, "uri_quoted": quote(uri, safe="")}
+
+
+@router.post("/portal/pro/totp/confirm")
+def totp_confirm(
+    request: Request,
+    csrf: Annotated[str, Form()] = "",
+    secret: Annotated[str, Form(max_length=64)] = "",
+    code: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys
+    check_csrf(request, gw, csrf)
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        me = _me(db, viewer)
+        try:
+            pyotp.TOTP(secret).now()
+        except Exception:  # noqa: BLE001 - any malformed base32 secret is just a bad form
+            return _settings_page(request, gw, me, status=422, error="totp")
+        if not _totp_ok(keys, me, code, secret=secret):
+            return _settings_page(request, gw, me, status=422, error="totp", setup=_totp_setup(keys, me, secret))
+        me.totp_secret_ct = keys.directory.seal(secret, aad=_totp_aad(me.id))
+        record(db, viewer.actor, "practitioner.totp_on", "practitioner", me.id)
+        return finish(request, RedirectResponse("/portal/pro/settings", status_code=303), gw.settings)
+
+
+@router.post("/portal/pro/totp/disable")
+def totp_disable(request: Request, csrf: Annotated[str, Form()] = "", code: Annotated[str, Form(max_length=20)] = "") -> Response:
+    gw = gateway_of(request)
+    keys = gw.keys
+    check_csrf(request, gw, csrf)
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        me = _me(db, viewer)
+        if not _totp_ok(keys, me, code):
+            return _settings_page(request, gw, me, status=422, error="totp")
+        me.totp_secret_ct = None
+        me.totp_last_step = None
+        record(db, viewer.actor, "practitioner.totp_off", "practitioner", me.id)
+        return finish(request, RedirectResponse("/portal/pro/settings", status_code=303), gw.settings)
+
+
+@router.get("/portal/pro")
+def inbox_slash() -> Response:
+    return RedirectResponse("/portal/pro/", status_code=308)
