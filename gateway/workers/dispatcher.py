@@ -1,0 +1,170 @@
+"""The dispatcher: claims due outbox rows and hands their ids to the notice actor, after the claim commits.
+
+A due row is `pending` with `next_attempt_at` in the past, or `queued`/`sending` past its lease (the worker
+that held it died, or its broker message was lost). On PostgreSQL candidates are locked with
+`FOR UPDATE SKIP LOCKED`, so several dispatchers share the work; SQLite serialises writers, and the
+claim is a conditional UPDATE either way (state pending -> queued, claimed_at set).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.app import Gateway
+from gateway.db.tables import OutboxRow
+from gateway.logs import get_logger
+
+log = get_logger("gateway.workers.dispatcher")
+
+BATCH = 200
+
+
+def claim_due(session: Session, *, now: datetime, lease: timedelta, limit: int = BATCH) -> list[str]:
+    """Mark up to `limit` due rows `queued` and return their ids (the caller commits, then enqueues)."""
+    due = list(
+        session.scalars(
+            select(OutboxRow.id)
+            .where(OutboxRow.state == "pending", OutboxRow.next_attempt_at <= now)
+            .order_by(OutboxRow.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    stale: list[str] = []
+    if len(due) < limit:
+        stale = list(
+            session.scalars(
+                select(OutboxRow.id)
+                .where(OutboxRow.state.in_(("queued", "sending")), OutboxRow.claimed_at < now - lease)
+                .order_by(OutboxRow.claimed_at)
+                .limit(limit - len(due))
+                .with_for_update(skip_locked=True)
+            )
+        )
+    claimed: list[str] = []
+    if due:
+        result = session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id.in_(due), OutboxRow.state == "pending")
+            .values(state="queued", claimed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == len(due):
+            claimed.extend(due)
+        else:  # another dispatcher took some in between (cannot happen under the locks above; cheap to check)
+            claimed.extend(_still_ours(session, due, now))
+    if stale:
+        session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id.in_(stale), OutboxRow.state.in_(("queued", "sending")), OutboxRow.claimed_at < now - lease)
+            .values(state="queued", claimed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        claimed.extend(_still_ours(session, stale, now))
+        log.warning("outbox.reclaimed", rows=len(stale))
+    return claimed
+
+
+def _still_ours(session: Session, ids: list[str], now: datetime) -> list[str]:
+    stmt = select(OutboxRow.id).where(OutboxRow.id.in_(ids), OutboxRow.state == "queued", OutboxRow.claimed_at == now)
+    return list(session.scalars(stmt))
+
+
+def release(session: Session, ids: list[str]) -> None:
+    """Put claimed rows that never reached a worker back to `pending`, due now."""
+    if ids:
+        session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id.in_(ids), OutboxRow.state == "queued")
+            .values(state="pending", claimed_at=None, next_attempt_at=datetime.now(timezone.utc))
+            .execution_options(synchronize_session=False)
+        )
+
+
+class Dispatcher:
+    """A thread that claims due rows every `poll` seconds, or at once when woken by a commit that wrote one."""
+
+    def __init__(self, gw: Gateway, enqueue: Callable[[str], object], *, poll: float | None = None) -> None:
+        self.gw = gw
+        self._enqueue = enqueue
+        self._poll = poll if poll is not None else gw.settings.notice_poll_seconds
+        self._lease = timedelta(seconds=gw.settings.notice_lease_seconds)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watched: sessionmaker[Session] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def tick(self) -> int:
+        """Claim and enqueue one batch; returns how many rows were handed out."""
+        now = datetime.now(timezone.utc)
+        with self.gw.transaction() as session:
+            ids = claim_due(session, now=now, lease=self._lease)
+        for done, row_id in enumerate(ids):
+            try:
+                self._enqueue(row_id)
+            except Exception as exc:  # noqa: BLE001 - broker down: give the rest back rather than wait a lease
+                log.error("outbox.enqueue_failed", rows=len(ids) - done, error=type(exc).__name__)
+                with self.gw.transaction() as session:
+                    release(session, ids[done:])
+                return done
+        return len(ids)
+
+    def start(self) -> Dispatcher:
+        self._watch(self.gw.sessions)
+        self._thread = threading.Thread(target=self._run, name="gateway-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._unwatch()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                handed = self.tick()
+            except Exception as exc:  # noqa: BLE001 - the loop's edge: a database hiccup must not end dispatching
+                log.error("outbox.dispatch_failed", error=type(exc).__name__)
+                handed = 0
+            if handed >= BATCH:
+                continue  # a backlog: take the next batch at once
+            self._wake.wait(self._poll)
+            self._wake.clear()
+
+    # A commit in this process that wrote an outbox row wakes the dispatcher: notices leave at once
+    # instead of at the next poll. Rows written by other processes wait for the poll.
+    def _watch(self, factory: sessionmaker[Session]) -> None:
+        event.listen(factory, "after_flush", _note_outbox_rows)
+        event.listen(factory, "after_commit", self._after_commit)
+        event.listen(factory, "after_rollback", _forget_outbox_rows)
+        self._watched = factory
+
+    def _unwatch(self) -> None:
+        if self._watched is not None:
+            event.remove(self._watched, "after_flush", _note_outbox_rows)
+            event.remove(self._watched, "after_commit", self._after_commit)
+            event.remove(self._watched, "after_rollback", _forget_outbox_rows)
+            self._watched = None
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop("outbox_written", False):
+            self._wake.set()
+
+
+def _note_outbox_rows(session: Session, _context: object) -> None:
+    if any(isinstance(obj, OutboxRow) for obj in session.new):
+        session.info["outbox_written"] = True
+
+
+def _forget_outbox_rows(session: Session) -> None:
+    session.info.pop("outbox_written", None)

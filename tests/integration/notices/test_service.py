@@ -1,0 +1,48 @@
+"""The in-process worker (embedded broker, dispatcher thread, dramatiq Worker) through a relay outage:
+every notice waits, retries with backoff, and goes out once the relay is back, exactly once."""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.app import Gateway
+from gateway.db.tables import OutboxRow
+from gateway.workers.service import NoticeService
+from tests.support.notice_world import make_world, post, wait_for
+from tests.support.smtp_sink import SmtpSink
+
+
+def states(gw: Gateway) -> list[tuple[str, str | None, int]]:
+    with gw.readers() as s:
+        return [(r.state, r.error_code, r.attempts) for r in s.scalars(select(OutboxRow))]
+
+
+def test_in_process_worker_rides_out_a_relay_outage(settings_factory: Any, canaries: dict[str, str]) -> None:
+    relay = SmtpSink()  # its port is chosen now; it starts listening only after the outage
+    gw = Gateway(
+        settings_factory(
+            outbound_smtp_url=f"smtp://{relay.host}:{relay.port}", public_url="https://portal.example.test",
+            notice_retry_base_seconds=0.1, notice_retry_max_seconds=0.4, notice_poll_seconds=0.05,
+            notice_max_attempts=100,
+        )
+    )
+    gw.init()
+    addresses = [f"patient{i}@example.net" for i in range(6)]
+    worlds = [make_world(gw, canaries, phone=False, suffix=str(i + 1), patient_email=a) for i, a in enumerate(addresses)]
+    service = NoticeService(gw, worker=True, threads=3).start()
+    started = False
+    try:
+        for world in worlds:
+            post(gw, world, "practitioner")
+        # The relay refuses connections: every notice is retried, none is lost or given up.
+        wait_for(lambda: all(s == "pending" and c == "connect" and n >= 2 for s, c, n in states(gw)) and len(states(gw)) == 6)
+        relay.start()
+        started = True
+        wait_for(lambda: all(s == "sent" for s, _, _ in states(gw)))
+        assert sorted(r for m in relay.messages for r in m.rcpt_tos) == sorted(addresses)
+    finally:
+        service.stop()
+        if started:
+            relay.stop()
+        gw.close()
