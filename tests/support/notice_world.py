@@ -59,7 +59,7 @@ def make_world(
     keys = gw.keys
     slug = f"cab{suffix}"
     with gw.transaction() as s:
-        add_practice(s, slug=slug, name=PRACTICE_NAME, sms_number="+3370000000" + (suffix or "1"))
+        add_practice(s, slug=slug, name=PRACTICE_NAME, sms_number=f"+337{int(suffix or 1):08d}")
         doc = add_practitioner(
             s, keys, practice_slug=slug, slug=f"dr-canary{suffix}", name=canaries["name"] + " (Dr)",
             email=PRACTITIONER_EMAIL if not suffix else f"doc{suffix}@example.net",
