@@ -96,6 +96,8 @@ class _TolerantPolicy(EmailPolicy):
     def header_fetch_parse(self, name: str, value: str) -> Any:
         try:
             return super().header_fetch_parse(name, value)
+        except RecursionError:
+            raise  # too deep a message: `parse` turns this into Unparseable
         except Exception:  # see the class docstring: any parser bug means "use the raw value"
             return value
 
@@ -106,6 +108,8 @@ _POLICY: Final = _TolerantPolicy()
 def _guard(call: Callable[[], T], default: T) -> T:
     try:
         return call()
+    except RecursionError:
+        raise  # too deep a message: `parse` turns this into Unparseable
     except Exception:  # the stdlib email parser raises assorted errors on hostile input; treat as absent
         return default
 
@@ -468,17 +472,17 @@ def parse(raw: bytes, envelope_sender: str | None = None) -> ParsedEmail:
     if not raw.strip():
         raise Unparseable("empty")
     try:
-        # Leading blank lines would end the header section before it starts; some relays add them.
-        msg = BytesParser(policy=_POLICY).parsebytes(raw.lstrip())
-    except RecursionError:
+        return _parse(raw, envelope_sender)
+    except RecursionError:  # `email` recurses over nested parts; a hostile nesting depth ends here
         raise Unparseable("too_deep") from None
+
+
+def _parse(raw: bytes, envelope_sender: str | None) -> ParsedEmail:
+    # Leading blank lines would end the header section before it starts; some relays add them.
+    msg = BytesParser(policy=_POLICY).parsebytes(raw.lstrip())
     if not msg.keys():
         raise Unparseable("no_headers")
-
-    try:
-        walk = _walk(msg)
-    except RecursionError:  # `email` itself recurses on some nested structures
-        raise Unparseable("too_deep") from None
+    walk = _walk(msg)
     full_text, display_source, cids = _texts(walk)
     subject = _first(msg, "Subject") or ""
     message_id = _message_id(msg)

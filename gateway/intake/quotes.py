@@ -9,14 +9,15 @@ mistaken for a phone footer.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from typing import Final, Literal
 
 EMPTY, DELIMITER, SIGNATURE, EMBEDDED, HEADER, QUOTE, TEXT = "e", "d", "s", "b", "h", "q", "t"
 
-_BLANK: Final = r"[^\S\r\n]"  # whitespace on one line
+_BLANKS: Final = " \t\u00a0\u2000-\u200a\u202f\u3000"  # horizontal whitespace, for character classes
 _LONGEST_MARKER_LINE: Final = 400  # longer lines are text: no marker is that long, and it bounds regex work
 
-_DELIMITER: Final = re.compile(rf"{_BLANK}*[-_,=+~#*ᐧ]+{_BLANK}*")
+_DELIMITER: Final = re.compile(rf"[{_BLANKS}]*[-_,=+~#*ᐧ]+[{_BLANKS}]*")
 
 # "On <date>, <someone> wrote:" in the languages we see, the "wrote" part possibly wrapped.
 _ON_DATE_SOMEONE_WROTE: Final = [
@@ -44,61 +45,58 @@ _WRAPPED_SCHRIEB_AM: Final = re.compile(r"^([^\n]* schrieb am [^\n]*)\n([^\n]* U
 _WROTE_VERBS: Final = (r"wrote|a\s+écrit|schrieb|skrev|escreveu|escribió|ha\s+scritto|schreef|napisał\(a\)"
                        r"|пише|написал|написала|kirjoitti|napsal|írta")
 
-_SIGNATURE_RES: Final = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        rf"^{_BLANK}*[>]*{_BLANK}*從我的 iPhone 傳送",
-        rf"^[{_BLANK[1:-1]}>]*\w+ from mobile",
-        rf"^[{_BLANK[1:-1]}>]*[(<]*sent (?:from|via|with|by) .+",
-        rf"^[{_BLANK[1:-1]}>]*from my .{{1,20}}$",
-        rf"^[{_BLANK[1:-1]}>]*get \[?outlook for",
-        rf"^[{_BLANK[1:-1]}>]*(?:obtenir|télécharger) \[?outlook pour",
-        rf"^[{_BLANK[1:-1]}>]*envoyé (?:de|depuis|avec|à partir de) (?:mon|ma|mes|l'|un|une|\w+ \w+ pour) ?.+",
-        rf"^[{_BLANK[1:-1]}>]*von meinem .+ gesendet",
-        rf"^[{_BLANK[1:-1]}>]*diese nachricht wurde von .+ gesendet",
-        rf"^[{_BLANK[1:-1]}>]*enviado desde mi .+",
-        rf"^[{_BLANK[1:-1]}>]*verzonden (?:met|vanaf|van) .+",
-        rf"^[{_BLANK[1:-1]}>]*(?:sendt fra min|skickat från min|lähetetty) .+",
-    )
-]
+_SIGNATURE: Final = re.compile(
+    "|".join(f"(?:{p})" for p in (
+        rf"^[{_BLANKS}>]*從我的 iPhone 傳送",
+        rf"^[{_BLANKS}>]*\w+ from mobile",
+        rf"^[{_BLANKS}>]*[(<]*sent (?:from|via|with|by) .+",
+        rf"^[{_BLANKS}>]*from my .{{1,20}}$",
+        rf"^[{_BLANKS}>]*get \[?outlook for",
+        rf"^[{_BLANKS}>]*(?:obtenir|télécharger) \[?outlook pour",
+        rf"^[{_BLANKS}>]*envoyé (?:de|depuis|avec|à partir de) (?:mon|ma|mes|l'|un|une|\w+ \w+ pour) ?.+",
+        rf"^[{_BLANKS}>]*von meinem .+ gesendet",
+        rf"^[{_BLANKS}>]*diese nachricht wurde von .+ gesendet",
+        rf"^[{_BLANKS}>]*enviado desde mi .+",
+        rf"^[{_BLANKS}>]*verzonden (?:met|vanaf|van) .+",
+        rf"^[{_BLANKS}>]*(?:sendt fra min|skickat från min|lähetetty) .+",
+    )),
+    re.IGNORECASE,
+)
 _SIGNATURE_MAX_LINE: Final = 100
 
-_EMBEDDED_RES: Final = [
+_EMBEDDED: Final = re.compile("|".join(f"(?:{p})" for p in (
     # "Op 10 dec. 2015 18:35 schreef X:", "Am 18.09.2013 um 16:24 schrieb X:"
-    *(re.compile(rf"^[ \t>]*{on}\s.+\s{wrote}\s[^:]+:")
-      for on, wrote in (("Op", "schreef"), ("Am", "schrieb"), ("Den", "skrev"))),
-    re.compile(r".+пользователь.+написал:"),
-    re.compile(r"^[ \t>]*(?:Am|Op)\s.+\s(?:schrieb|schreef)\s.*@"),
-    re.compile(r"^[ \t>]*.+ schrieb am .+:\s*$"),
+    *(rf"^[ \t>]*{on}\s.+\s{wrote}\s[^:]+:" for on, wrote in (("Op", "schreef"), ("Am", "schrieb"), ("Den", "skrev"))),
+    r".+пользователь.+написал:",
+    r"^[ \t>]*(?:Am|Op)\s.+\s(?:schrieb|schreef)\s.*@",
+    r"^[ \t>]*.+ schrieb am .+:\s*$",
     # "<date> <someone> <address> <wrote>:" in any word order we know, and "At <date>, you wrote:"
-    re.compile(rf"^[ \t>]*.*\d.*<[^<>@\s]+@[^<>\s]+>\s*(?:{_WROTE_VERBS})\s*:?\s*$"),
-    re.compile(r"^[ \t>]*\S.*\d.*\bwrote:\s*$"),
-    re.compile(r"^[ \t>]*20\d\d-\d\d-\d\d \d\d:\d\d GMT\+\d\d:\d\d [\w \t]+$"),
-    re.compile(r"^[ \t>]*.*\d{4}.+<[^@<>]+@[^@<>.]+\.[^@<>]+>:?$"),
-    re.compile(r"^[ \t>]*.+ via .+ (?:wrote|schrieb):?[ \t]*$"),
-    re.compile(r"^[ \t>]*.+ <.+@.+\..+> wrote:?"),
-    re.compile(r"^[ \t>]*Posted by .+ on \d{2}/\d{2}/\d{4}$", re.IGNORECASE),
-    re.compile(r"^[ \t>]*Begin forwarded message:", re.IGNORECASE),
-    re.compile(r"^[ \t>]*Début du message (?:réexpédié|transféré)\s*:", re.IGNORECASE),
-    re.compile(r"^[ \t>]*Reply message", re.IGNORECASE),
-    re.compile(
-        r"^[ \t>*]*-{2,}[ \t]*(?:Forwarded|Original) Message[ \t]*-{2,}"
-        r"|^[ \t>*]*-{2,}[ \t]*(?:Message transféré|Message d'origine|Message original|Mail original"
-        r"|Courriel original|Ursprüngliche Nachricht|Mensaje original)[ \t]*-{2,}",
-        re.IGNORECASE,
-    ),
-]
+    rf"^[ \t>]*.*\d.*<[^<>@\s]+@[^<>\s]+>\s*(?:{_WROTE_VERBS})\s*:?\s*$",
+    r"^[ \t>]*\S.*\d.*\bwrote:\s*$",
+    r"^[ \t>]*20\d\d-\d\d-\d\d \d\d:\d\d GMT\+\d\d:\d\d [\w \t]+$",
+    r"^[ \t>]*.*\d{4}.+<[^@<>]+@[^@<>.]+\.[^@<>]+>:?$",
+    r"^[ \t>]*.+ via .+ (?:wrote|schrieb):?[ \t]*$",
+    r"^[ \t>]*.+ <.+@.+\..+> wrote:?",
+    r"(?i:^[ \t>]*Posted by .+ on \d{2}/\d{2}/\d{4}$)",
+    r"(?i:^[ \t>]*Begin forwarded message:)",
+    r"(?i:^[ \t>]*Début du message (?:réexpédié|transféré)\s*:)",
+    r"(?i:^[ \t>]*Reply message)",
+    r"(?i:^[ \t>*]*-{2,}[ \t]*(?:Forwarded|Original) Message[ \t]*-{2,})",
+    r"(?i:^[ \t>*]*-{2,}[ \t]*(?:Message transféré|Message d'origine|Message original|Mail original"
+    r"|Courriel original|Ursprüngliche Nachricht|Mensaje original)[ \t]*-{2,})",
+)))
+_ON_DATE_SOMEONE_WROTE_LINE: Final = re.compile("|".join(f"(?:{r.pattern})" for r in _ON_DATE_SOMEONE_WROTE_RES))
 
 _HEADER_DATE_NAMES: Final = ("Sendt", "Sent", "Date", "Envoyé", "Envoyé le", "Gesendet", "Enviada em",
                              "Enviado", "Fecha", "Data", "Skickat")
 _HEADER_TEXT_NAMES: Final = ("Fra", "Til", "Emne", "From", "To", "Cc", "Reply-To", "Subject", "De", "À", "A",
                              "Répondre à", "Objet", "Von", "An", "Betreff", "Para", "Assunto", "Asunto", "Da",
                              "Risposta", "Oggetto", "Från", "Till", "Ämne")
-_HEADER_RES: Final = [
-    # Not after ">": a header block inside a quote is part of the quote.
-    re.compile(rf"^[ \t*]*(?:{'|'.join(_HEADER_DATE_NAMES)})[{_BLANK[1:-1]}*]*:.*\d+"),
-    re.compile(rf"^[ \t*]*(?:{'|'.join(_HEADER_TEXT_NAMES)})[{_BLANK[1:-1]}*]*:.*\w+"),
-]
+# Not after ">": a header block inside a quote is part of the quote.
+_HEADER: Final = re.compile(
+    rf"^[{_BLANKS}*]*(?:(?:{'|'.join(_HEADER_DATE_NAMES)})[{_BLANKS}*]*:.*\d"
+    rf"|(?:{'|'.join(_HEADER_TEXT_NAMES)})[{_BLANKS}*]*:.*\w)"
+)
 _QUOTE: Final = re.compile(r"^[ \t]*>")
 _OTHER_QUOTE_MARK: Final = re.compile(r"^[ \t]*(?:[A-Z]{1,3}>|\|)(?=[ \t>]|$)", re.MULTILINE)
 _BULLETS: Final = frozenset({"-", "*", "+", "•", "·", "o"})
@@ -113,11 +111,11 @@ def _classify(line: str) -> str:
         return QUOTE if _QUOTE.match(line) else TEXT
     if _DELIMITER.fullmatch(line):
         return DELIMITER
-    if len(line) <= _SIGNATURE_MAX_LINE and any(r.search(line) for r in _SIGNATURE_RES):
+    if len(line) <= _SIGNATURE_MAX_LINE and _SIGNATURE.search(line):
         return SIGNATURE
-    if any(r.search(line) for r in _EMBEDDED_RES) or any(r.fullmatch(line) for r in _ON_DATE_SOMEONE_WROTE_RES):
+    if _EMBEDDED.search(line) or _ON_DATE_SOMEONE_WROTE_LINE.fullmatch(line):
         return EMBEDDED
-    if any(r.search(line) for r in _HEADER_RES):
+    if _HEADER.search(line):
         return HEADER
     if _QUOTE.match(line):
         return QUOTE
@@ -127,21 +125,30 @@ def _classify(line: str) -> str:
 def _classify_all(lines: list[str]) -> str:
     classes = [_classify(line) for line in lines]
     # Lines inside a fenced code block are content, whatever they look like.
+    closes = [j for j, line in enumerate(lines) if _CODE_CLOSE.match(line)]
     i = 0
     while i < len(lines):
-        if _CODE_OPEN.match(lines[i]):
-            end = next((j for j in range(i + 1, len(lines)) if _CODE_CLOSE.match(lines[j])), None)
-            if end is not None:
-                for j in range(i, end + 1):
-                    classes[j] = EMPTY if not lines[j].strip() else TEXT
-                i = end
+        if _CODE_OPEN.match(lines[i]) and (k := bisect_right(closes, i)) < len(closes):
+            end = closes[k]
+            for j in range(i, end + 1):
+                classes[j] = EMPTY if not lines[j].strip() else TEXT
+            i = end
         i += 1
-    # A lone "-" or "*" followed by text is a list bullet (Gmail's plain text of a list), not a separator.
-    for i, line in enumerate(lines):
-        if classes[i] == DELIMITER and line.strip() in _BULLETS:
-            following = next((c for c in classes[i + 1:] if c != EMPTY), None)
-            if following == TEXT:
-                classes[i] = TEXT
+    # Backwards, so each line knows what follows it without rescanning (hostile input has many lines).
+    after_footers: str | None = None  # first class after the run of empty/footer lines that follows
+    after_empties: str | None = None  # first non-empty class that follows
+    for i in range(len(lines) - 1, -1, -1):
+        kind = classes[i]
+        # A footer ("Sent from my iPhone") ends the new text: one followed by more text is the patient writing.
+        if kind == SIGNATURE and after_footers == TEXT:
+            kind = classes[i] = TEXT
+        # A lone "-" or "*" followed by text is a list bullet (Gmail's plain text of a list), not a separator.
+        elif kind == DELIMITER and after_empties == TEXT and lines[i].strip() in _BULLETS:
+            kind = classes[i] = TEXT
+        if kind not in (EMPTY, SIGNATURE):
+            after_footers = kind
+        if kind != EMPTY:
+            after_empties = kind
     return "".join(classes)
 
 

@@ -178,3 +178,11 @@ def test_html_border_box_with_french_headers_cuts_the_rest() -> None:
             '<p class="MsoNormal">Ancien message</p>')
     assert html_to_text(html, drop_quotes=True) == "Bien reçu."
     assert "Ancien message" in html_to_text(html)
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("Sent by my GP for a blood test last week.\nThe nurse said it was fine.", id="sent-by-sentence"),
+    pytest.param("Envoyé de mon lit d'hôpital :\nla douleur est revenue cette nuit.", id="envoye-de-mon-sentence"),
+])
+def test_footer_words_followed_by_more_text_are_kept(text: str) -> None:
+    assert strip_reply_text(text) == text
