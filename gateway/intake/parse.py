@@ -371,7 +371,8 @@ _OUT_OF_OFFICE: Final = re.compile(
     r"out of (?:the )?office(?:\s*(?:[:\-–(\[]|$|auto\s*-?reply|until|till|from|returning))"
     r"|automatic reply\b|auto[\s-]?reply\b|autoreply\b|auto:"
     r"|r[ée]ponse automatique\b|r[ée]ponse auto\b|message automatique\b|absence du bureau\b"
-    r"|absente?\s*(?:[:\-–(]|$|du bureau|jusqu)|absent\(e\)|message d'absence\b|je suis absente?\b"
+    r"|absente?\s*(?:[:\-–(]|$|du bureau|jusqu)|absent\(e\)|absence\s*[:\-–]|message d'absence\b"
+    r"|je suis absente?\b"
     r"|r[ée]pondeur\b|abwesenheitsnotiz\b|automatische antwort\b|respuesta autom[áa]tica\b"
     r"|fuera de la oficina\b|risposta automatica\b|fuori sede\b"
     r")",
@@ -478,8 +479,9 @@ def parse(raw: bytes, envelope_sender: str | None = None) -> ParsedEmail:
 
 
 def _parse(raw: bytes, envelope_sender: str | None) -> ParsedEmail:
-    # Leading blank lines would end the header section before it starts; some relays add them.
-    msg = BytesParser(policy=_POLICY).parsebytes(raw.lstrip())
+    # Leading blank lines would end the header section before it starts (some relays add them), and a
+    # byte-order mark would hide the first header.
+    msg = BytesParser(policy=_POLICY).parsebytes(raw.lstrip().removeprefix(b"\xef\xbb\xbf"))
     if not msg.keys():
         raise Unparseable("no_headers")
     walk = _walk(msg)

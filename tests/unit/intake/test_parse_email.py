@@ -322,3 +322,52 @@ def test_gitlab_corpus_specifics() -> None:
 def test_talon_standard_replies_display_body(name: str) -> None:
     # The display body also drops signatures, so every talon reply is just "Hello".
     assert parse(corpus_file("talon/standard_replies", name).read_bytes()).body == "Hello"
+
+
+def _mail(subject: str, extra_headers: str = "", body: str = "Bonjour") -> bytes:
+    return (f"From: Jean Dupont <jean@exemple.fr>\nSubject: {subject}\nMessage-ID: <s@exemple.fr>\n"
+            f"{extra_headers}Content-Type: text/plain; charset=utf-8\n\n{body}\n").encode()
+
+
+@pytest.mark.parametrize(("subject", "kind"), [
+    ("Out of Office: Re: Votre message", "auto_reply"),
+    ("Out of office", "auto_reply"),
+    ("Automatic reply: New secure message", "auto_reply"),
+    ("Auto: Jean Dupont is out of the office", "auto_reply"),
+    ("AutoReply: vacances", "auto_reply"),
+    ("Réponse automatique : Nouveau message", "auto_reply"),
+    ("Absence du bureau", "auto_reply"),
+    ("Absent : retour le 10 mars", "auto_reply"),
+    ("Absence : congés", "auto_reply"),
+    ("Absent", "auto_reply"),
+    ("Absent au rendez-vous de demain", "message"),
+    ("Absence de règles depuis deux mois", "message"),
+    ("Out of office hours: is it urgent?", "message"),
+    ("Re: Automatic question", "message"),
+    ("Question sur la réponse automatique du labo", "message"),
+])
+def test_out_of_office_subjects(subject: str, kind: str) -> None:
+    assert parse(_mail(subject)).kind == kind
+
+
+@pytest.mark.parametrize(("headers", "kind"), [
+    ("Auto-Submitted: auto-generated\n", "auto_reply"),
+    ("Auto-Submitted: auto-replied; owner-email=\"x@y.fr\"\n", "auto_reply"),
+    ("Auto-Submitted: no\n", "message"),
+    ("X-Autoreply: yes\n", "auto_reply"),
+    ("X-Autorespond: Vacation\n", "auto_reply"),
+    ("Precedence: junk\n", "auto_reply"),
+    ("Precedence: list\n", "auto_reply"),
+    ("Precedence: auto_reply\n", "auto_reply"),
+    ("Precedence: first-class\n", "message"),
+    ("X-Auto-Response-Suppress: DR, RN, NRN, OOF, AutoReply\n", "message"),
+    ("X-Gateway-Notice: 1\nAuto-Submitted: auto-generated\n", "own_notice"),
+    ("X-Gateway-Notice: 0\n", "message"),
+])
+def test_automation_headers(headers: str, kind: str) -> None:
+    assert parse(_mail("Re: Rendez-vous", headers)).kind == kind
+
+
+def test_byte_order_mark_and_leading_blank_lines_are_tolerated() -> None:
+    parsed = parse(b"\r\n\r\n\xef\xbb\xbf" + _mail("Re: Rendez-vous"))
+    assert parsed.from_address == "jean@exemple.fr" and parsed.body == "Bonjour"
