@@ -23,9 +23,9 @@ from gateway.crypto import DecryptionError, binding
 from gateway.db.keystore import Keystore
 from gateway.db.tables import Patient, Practice, Practitioner, Thread
 from gateway.directory.contacts import find_contacts, normalize_email
-from gateway.directory.patients import patient_name
+from gateway.directory.patients import has_care, patient_name
 from gateway.errors import Conflict, InvalidInput
-from gateway.threads.service import close_thread, list_threads, post_message, read_thread
+from gateway.threads.service import close_thread, list_threads, open_thread, post_message, read_thread
 from gateway.web import pages
 from gateway.web.app import gateway_of
 from gateway.web.portal import Files, attachment_response, check_text, mark_read, read_uploads, subject_of, unread
@@ -193,17 +193,76 @@ def _password_ok(practitioner: Practitioner | None, password: str) -> bool:
 # --- inbox and threads -------------------------------------------------------------------------------
 
 
-def held_for_triage(db: Session, keys: Keystore, practitioner: Practitioner) -> list[dict[str, Any]]:
-    """SMS held because they could not be routed to a thread, when the SMS intake provides them.
-
-    The SMS area owns how held messages are stored; it exposes `held_for_practice(session, keys, practice_id)`
-    returning dicts with at least "id" and "received_at". Without it there is nothing to triage."""
+def _held_module() -> Any:
+    """The SMS intake's triage queue (gateway.intake.held), when this installation has it."""
     try:
-        module = importlib.import_module("gateway.ingress.held")
-    except ModuleNotFoundError:
+        return importlib.import_module("gateway.intake.held")
+    except ModuleNotFoundError as exc:
+        if exc.name and "gateway.intake.held".startswith(exc.name):
+            return None
+        raise
+
+
+def held_for_triage(db: Session, keys: Keystore, viewer: Viewer, practitioner: Practitioner) -> list[dict[str, Any]]:
+    """SMS held because no rule routed them to one thread, from patients in this practitioner's care, each
+    with the patient's open threads with them to file it into. Showing the text is a read: audited."""
+    held = _held_module()
+    if held is None:
         return []
-    provider = getattr(module, "held_for_practice", None)
-    return list(provider(db, keys, practitioner.practice_id)) if provider is not None else []
+    items = []
+    for row in held.list_held(db, practitioner.practice_id):
+        if not has_care(db, row.patient_id, practitioner.id):
+            continue
+        try:
+            content = held.held_content(db, keys, row)
+        except DecryptionError:
+            continue
+        record(db, viewer.actor, "held_sms.read", "held_sms", row.id)
+        threads = db.scalars(
+            select(Thread).where(
+                Thread.patient_id == row.patient_id, Thread.practitioner_id == practitioner.id, Thread.status == "open"
+            ).order_by(Thread.last_message_at.desc())
+        )
+        items.append({
+            "id": row.id,
+            "patient": _patient_label(keys, db.get(Patient, row.patient_id)),
+            "received_at": row.created_at,
+            "body": content.body,
+            "files": len(content.media),
+            "threads": [{"id": t.id, "subject": subject_of(db, keys, t), "code": t.code} for t in threads],
+        })
+    return items
+
+
+@router.post("/portal/pro/held/{held_id}/file")
+def file_held(
+    request: Request,
+    held_id: str,
+    csrf: Annotated[str, Form()] = "",
+    thread: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    """File a held SMS into one of the patient's threads with this practitioner, or into a new one."""
+    gw = gateway_of(request)
+    keys = gw.keys
+    check_csrf(request, gw, csrf)
+    held = _held_module()
+    with gw.transaction() as db:
+        viewer = _pro_viewer(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        me = _me(db, viewer)
+        row = next((h for h in held.list_held(db, me.practice_id) if h.id == held_id), None) if held else None
+        if row is None or not has_care(db, row.patient_id, me.id):
+            return pages.error_page(request, 404)
+        if thread == "new":
+            target = open_thread(db, keys, patient_id=row.patient_id, practitioner_slug=me.slug, subject="SMS",
+                                 actor=viewer.actor)
+        else:
+            target = _own_thread(db, viewer, thread)
+            if target is None or target.patient_id != row.patient_id:
+                return pages.error_page(request, 404)
+        held.release_held(db, keys, row.id, target.id, actor=viewer.actor)
+        return finish(request, RedirectResponse(f"/portal/pro/threads/{target.id}", status_code=303), gw.settings)
 
 
 @router.get("/portal/pro/")
@@ -237,7 +296,7 @@ def inbox(request: Request) -> Response:
         practice = db.get(Practice, me.practice_id)
         return pages.render(
             request, gw, "pro_inbox.html", locale=_locale(request, gw), viewer_kind="practitioner",
-            threads=rows, held=held_for_triage(db, keys, me), messaging=me.messaging_enabled,
+            threads=rows, held=held_for_triage(db, keys, viewer, me), messaging=me.messaging_enabled,
             practice=practice.display_name if practice else "",
         )
 
