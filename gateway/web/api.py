@@ -44,9 +44,8 @@ from gateway.db.tables import (
 from gateway.directory.contacts import reveal
 from gateway.directory.patients import add_care, add_patient, patient_name
 from gateway.directory.practices import get_practice, practitioner_name
-from gateway.errors import Conflict, GatewayError, InvalidInput, NotFound
+from gateway.errors import Conflict, GatewayError, NotFound
 from gateway.intake.attachments import AttachmentLimits, screen
-from gateway.outbox import add_notice
 from gateway.threads.service import (
     MAX_BODY,
     MAX_SUBJECT,
@@ -77,9 +76,7 @@ class ErrorOut(BaseModel):
     message: str
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (401, 404, 409, 413, 422)
-}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorOut} for status in (401, 404, 409, 413, 422)}
 router = APIRouter(prefix="/api/v1", tags=["api"], responses=ERRORS)
 
 
@@ -93,9 +90,17 @@ def problem(status: int, code: str, message: str, headers: dict[str, str] | None
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid_input",
-               429: "rate_limited"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid_input",
+    429: "rate_limited",
+}
 
 
 def http_problem(exc: StarletteHTTPException) -> JSONResponse:
@@ -174,9 +179,7 @@ class Caller:
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-def caller(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> Caller:
+def caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
     if credentials is None:
         raise StarletteHTTPException(401, headers=_UNAUTHORIZED)
     parts = credentials.credentials.split("_", 2)
@@ -361,7 +364,9 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _patient_out(db: Session, keys: Keystore, patient: Patient) -> PatientOut:
-    contacts = db.scalars(select(ContactPoint).where(ContactPoint.patient_id == patient.id).order_by(ContactPoint.created_at))
+    contacts = db.scalars(
+        select(ContactPoint).where(ContactPoint.patient_id == patient.id).order_by(ContactPoint.created_at)
+    )
     erased = patient.erased_at is not None
     return PatientOut(
         id=patient.id,
@@ -370,7 +375,9 @@ def _patient_out(db: Session, keys: Keystore, patient: Patient) -> PatientOut:
         erased=erased,
         contacts=[
             ContactOut(
-                id=c.id, kind=c.kind, verified=c.verified_at is not None,  # type: ignore[arg-type]
+                id=c.id,
+                kind=c.kind,
+                verified=c.verified_at is not None,  # type: ignore[arg-type]
                 value=None if erased or c.value_ct is None else reveal(db, keys, c),
             )
             for c in contacts
@@ -421,8 +428,9 @@ def _decode_attachments(items: list[AttachmentIn]) -> tuple[NewAttachment, ...]:
 
 def _post(db: Session, keys: Keystore, who: Caller, thread: Thread, message: MessageIn) -> Message:
     attachments = _decode_attachments(message.attachments)
-    posted = post_message(db, keys, thread, author="practitioner", channel="api", body=message.body,
-                          attachments=attachments)
+    posted = post_message(
+        db, keys, thread, author="practitioner", channel="api", body=message.body, attachments=attachments
+    )
     record(db, who.actor, "message.post", "message", posted.id, thread=thread.id, channel="api")
     return posted
 
@@ -435,24 +443,35 @@ def list_practitioners(request: Request, who: Auth) -> dict[str, Any]:
     gw = gateway_of(request)
     keys = gw.keys
     with gw.readers() as db:
-        rows = db.scalars(select(Practitioner).where(Practitioner.practice_id == who.practice_id).order_by(Practitioner.slug))
-        return {"practitioners": [{"slug": p.slug, "name": practitioner_name(keys, p), "messaging": p.messaging_enabled}
-                                  for p in rows]}
+        rows = db.scalars(
+            select(Practitioner).where(Practitioner.practice_id == who.practice_id).order_by(Practitioner.slug)
+        )
+        return {
+            "practitioners": [
+                {"slug": p.slug, "name": practitioner_name(keys, p), "messaging": p.messaging_enabled} for p in rows
+            ]
+        }
 
 
 @router.get("/patients", response_model=PatientList)
 def list_patients(
-    request: Request, who: Auth,
+    request: Request,
+    who: Auth,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
     gw = gateway_of(request)
     keys = gw.keys
     with gw.transaction() as db:
-        rows = list(db.scalars(
-            select(Patient).where(Patient.practice_id == who.practice_id)
-            .order_by(Patient.created_at, Patient.id).limit(limit).offset(offset)
-        ))
+        rows = list(
+            db.scalars(
+                select(Patient)
+                .where(Patient.practice_id == who.practice_id)
+                .order_by(Patient.created_at, Patient.id)
+                .limit(limit)
+                .offset(offset)
+            )
+        )
         record(db, who.actor, "patient.list", "practice", who.practice_id, count=len(rows))
         return {"patients": [_patient_out(db, keys, p) for p in rows]}
 
@@ -465,8 +484,15 @@ def create_patient(request: Request, who: Auth, body: PatientIn) -> PatientOut:
         practice = db.get(Practice, who.practice_id)
         assert practice is not None
         patient = add_patient(
-            db, keys, practice_slug=practice.slug, name=body.name, email=body.email, phone=body.phone,
-            verified=body.verified, locale=body.locale or gw.settings.default_locale, actor=who.actor,
+            db,
+            keys,
+            practice_slug=practice.slug,
+            name=body.name,
+            email=body.email,
+            phone=body.phone,
+            verified=body.verified,
+            locale=body.locale or gw.settings.default_locale,
+            actor=who.actor,
         )
         db.flush()
         record(db, who.actor, "patient.create", "patient", patient.id)
@@ -507,7 +533,11 @@ def list_care(request: Request, who: Auth, patient_id: Annotated[str, Query(max_
             .where(CareRelationship.patient_id == patient.id)
             .order_by(Practitioner.slug)
         ).all()
-        return {"care": [{"id": c.id, "patient_id": c.patient_id, "practitioner": slug, "created": False} for c, slug in rows]}
+        return {
+            "care": [
+                {"id": c.id, "patient_id": c.patient_id, "practitioner": slug, "created": False} for c, slug in rows
+            ]
+        }
 
 
 @router.post("/care", response_model=CareOut, status_code=201)
@@ -527,7 +557,8 @@ def create_care(request: Request, who: Auth, body: CareIn, response: Response) -
 
 @router.get("/threads", response_model=ThreadList)
 def list_threads(
-    request: Request, who: Auth,
+    request: Request,
+    who: Auth,
     since: Annotated[datetime | None, Query(description="only threads with activity after this instant")] = None,
     patient_id: Annotated[str | None, Query(max_length=64)] = None,
     practitioner: Annotated[str | None, Query(max_length=64)] = None,
@@ -547,10 +578,18 @@ def list_threads(
         if status is not None:
             stmt = stmt.where(Thread.status == status)
         threads = list(db.scalars(stmt.order_by(Thread.created_at.desc(), Thread.id).limit(limit)))
-        slugs = dict(db.execute(select(Practitioner.id, Practitioner.slug).where(Practitioner.practice_id == who.practice_id)).all())
+        slugs = dict(
+            db.execute(
+                select(Practitioner.id, Practitioner.slug).where(Practitioner.practice_id == who.practice_id)
+            ).all()
+        )
         patients = {p.id: p for p in db.scalars(select(Patient).where(Patient.id.in_({t.patient_id for t in threads})))}
         record(db, who.actor, "thread.list", "practice", who.practice_id, threads=[t.id for t in threads])
-        return {"threads": [_summary(t, slugs.get(t.practitioner_id), _key(keys, patients.get(t.patient_id))) for t in threads]}
+        return {
+            "threads": [
+                _summary(t, slugs.get(t.practitioner_id), _key(keys, patients.get(t.patient_id))) for t in threads
+            ]
+        }
 
 
 @router.post("/threads", response_model=ThreadCreated, status_code=201)
@@ -560,8 +599,14 @@ def create_thread(request: Request, who: Auth, body: ThreadIn) -> dict[str, Any]
     with gw.transaction() as db:
         _patient_of(db, who, body.patient_id)
         practitioner = _practitioner_of(db, who, body.practitioner)
-        thread = open_thread(db, keys, patient_id=body.patient_id, practitioner_slug=practitioner.slug,
-                             subject=body.subject, actor=who.actor)
+        thread = open_thread(
+            db,
+            keys,
+            patient_id=body.patient_id,
+            practitioner_slug=practitioner.slug,
+            subject=body.subject,
+            actor=who.actor,
+        )
         message = _post(db, keys, who, thread, body.message) if body.message is not None else None
         out = _summary(thread, practitioner.slug, _key(keys, db.get(Patient, thread.patient_id)))
         out["reply_address"] = thread_reply_address(keys, thread, "practitioner", gw.settings.mail_domain)
@@ -607,7 +652,8 @@ def close(request: Request, who: Auth, thread_id: str) -> dict[str, Any]:
 
 @router.get("/messages", response_model=MessagePage)
 def poll_messages(
-    request: Request, who: Auth,
+    request: Request,
+    who: Auth,
     since: Annotated[datetime, Query(description="messages created strictly after this instant (the last next_since)")],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
@@ -646,7 +692,9 @@ def _message_out(db: Session, key: DataKey | None, message: Message, thread: Thr
         "attachments": [
             {
                 "id": a.id,
-                "filename": key.open_text(a.filename_ct, aad=attachment_aad(a.id, "filename", thread.id)) if key else None,
+                "filename": key.open_text(a.filename_ct, aad=attachment_aad(a.id, "filename", thread.id))
+                if key
+                else None,
                 "content_type": a.content_type,
                 "size": a.size,
             }
@@ -676,5 +724,8 @@ def get_attachment(request: Request, who: Auth, attachment_id: str) -> Response:
         except DecryptionError:
             raise NotFound("unknown attachment") from None
         record(db, who.actor, "attachment.read", "attachment", attachment.id, thread=thread.id)
-        return Response(data, media_type=attachment.content_type,
-                        headers={"Content-Disposition": content_disposition(name), "Cache-Control": "no-store"})
+        return Response(
+            data,
+            media_type=attachment.content_type,
+            headers={"Content-Disposition": content_disposition(name), "Cache-Control": "no-store"},
+        )

@@ -35,7 +35,9 @@ def request_verification(db: Session, patient: Patient, kind: str, *, actor: str
     contact_kind = "email" if kind == "email" else "phone"
     contact = db.scalar(
         select(ContactPoint)
-        .where(ContactPoint.patient_id == patient.id, ContactPoint.kind == contact_kind, ContactPoint.value_ct.is_not(None))
+        .where(
+            ContactPoint.patient_id == patient.id, ContactPoint.kind == contact_kind, ContactPoint.value_ct.is_not(None)
+        )
         .order_by(ContactPoint.verified_at.is_(None).desc(), ContactPoint.created_at.desc())
     )
     if contact is None:
@@ -45,7 +47,9 @@ def request_verification(db: Session, patient: Patient, kind: str, *, actor: str
     from gateway.outbox import add_notice
 
     notice = "verify_email" if contact_kind == "email" else "verify_sms"
-    add_notice(db, notice, patient_id=patient.id, contact_id=contact.id, channel="email" if contact_kind == "email" else "sms")
+    add_notice(
+        db, notice, patient_id=patient.id, contact_id=contact.id, channel="email" if contact_kind == "email" else "sms"
+    )
     record(db, actor, "contact.verification_sent", "contact", contact.id, kind=contact_kind)
     return contact, True
 
@@ -61,8 +65,13 @@ def cmd_patient_verify(args: argparse.Namespace) -> dict[str, Any]:
     with gw.transaction() as db:
         patient = get_patient(db, args.patient)
         contact, sent = request_verification(db, patient, "email" if args.email else "phone", actor="cli")
-        return {"patient_id": patient.id, "contact_id": contact.id, "kind": contact.kind, "sent": sent,
-                "already_verified": not sent}
+        return {
+            "patient_id": patient.id,
+            "contact_id": contact.id,
+            "kind": contact.kind,
+            "sent": sent,
+            "already_verified": not sent,
+        }
 
 
 def cmd_practitioner_invite(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,8 +98,12 @@ def cmd_apikey_create(args: argparse.Namespace) -> dict[str, Any]:
     gw = _gateway()
     with gw.transaction() as db:
         key, raw = create_key(db, args.practice)
-        return {"id": key.id, "practice": args.practice, "key": raw,
-                "note": "shown once: store it now, only its hash is kept"}
+        return {
+            "id": key.id,
+            "practice": args.practice,
+            "key": raw,
+            "note": "shown once: store it now, only its hash is kept",
+        }
 
 
 def cmd_apikey_revoke(args: argparse.Namespace) -> dict[str, Any]:

@@ -95,10 +95,17 @@ def link_page(request: Request, token: str) -> Response:
         locale = _locale_of(request, db, gw, row)
         if row is None or not usable(row):
             viewer = current_viewer(request, db, gw.settings)
-            if row is not None and row.purpose == "login" and viewer is not None and viewer.patient_id == row.patient_id:
+            if (
+                row is not None
+                and row.purpose == "login"
+                and viewer is not None
+                and viewer.patient_id == row.patient_id
+            ):
                 # The same person opening an old link again while signed in: just take them there.
                 return _redirect(request, gw, _landing(db, row.patient_id, row.thread_id))
-            return pages.render(request, gw, "link_expired.html", locale=locale, token=token, purpose=row.purpose if row else "login")
+            return pages.render(
+                request, gw, "link_expired.html", locale=locale, token=token, purpose=row.purpose if row else "login"
+            )
         if row.purpose == "invite":
             return pages.render(request, gw, "pro_set_password.html", locale=locale, token=token, error=None)
         return pages.render(request, gw, "link_confirm.html", locale=locale, token=token, purpose=row.purpose)
@@ -142,7 +149,14 @@ def link_spend(
             set_password(db, row.practitioner_id, password)
             end_session(db, current_viewer(request, db, gw.settings))
             raw = open_session(db, gw.settings, practitioner_id=row.practitioner_id)
-            record(db, f"practitioner:{row.practitioner_id}", "session.login", "practitioner", row.practitioner_id, via="invite")
+            record(
+                db,
+                f"practitioner:{row.practitioner_id}",
+                "session.login",
+                "practitioner",
+                row.practitioner_id,
+                via="invite",
+            )
             response = _redirect(request, gw, "/portal/pro/")
             set_session_cookie(response, gw.settings, raw)
             return response
@@ -171,13 +185,21 @@ def link_spend(
         end_session(db, current_viewer(request, db, gw.settings))
         factor_contact = second_factor_contact(db, gw.settings.portal_second_factor, patient.id, row.contact_id)
         raw = open_session(
-            db, gw.settings, patient_id=patient.id, landing_thread_id=row.thread_id,
+            db,
+            gw.settings,
+            patient_id=patient.id,
+            landing_thread_id=row.thread_id,
             second_factor_pending=factor_contact is not None,
         )
         record(db, f"patient:{patient.id}", "session.login", "patient", patient.id, via="link")
         if factor_contact is not None:
-            add_notice(db, "second_factor", patient_id=patient.id, contact_id=factor_contact.id,
-                       channel="sms" if factor_contact.kind == "phone" else "email")
+            add_notice(
+                db,
+                "second_factor",
+                patient_id=patient.id,
+                contact_id=factor_contact.id,
+                channel="sms" if factor_contact.kind == "phone" else "email",
+            )
             target = "/portal/code"
         else:
             target = _landing(db, patient.id, row.thread_id)
@@ -211,9 +233,13 @@ def link_renew(request: Request, token: str, csrf: Annotated[str, Form()] = "") 
                 elif row.purpose == "verify" and row.contact_id:
                     contact = db.get(ContactPoint, row.contact_id)
                     if contact is not None and contact.value_ct is not None and contact.verified_at is None:
-                        add_notice(db, "verify_email" if contact.kind == "email" else "verify_sms",
-                                   patient_id=patient.id, contact_id=contact.id,
-                                   channel="email" if contact.kind == "email" else "sms")
+                        add_notice(
+                            db,
+                            "verify_email" if contact.kind == "email" else "verify_sms",
+                            patient_id=patient.id,
+                            contact_id=contact.id,
+                            channel="email" if contact.kind == "email" else "sms",
+                        )
                 record(db, "portal", "link.renew", "patient", patient.id, purpose=row.purpose)
         return pages.render(request, gw, "link_sent.html", locale=locale)
 
@@ -267,7 +293,9 @@ def code_page(request: Request) -> Response:
 
 
 @router.post("/portal/code")
-def code_check(request: Request, csrf: Annotated[str, Form()] = "", code: Annotated[str, Form(max_length=20)] = "") -> Response:
+def code_check(
+    request: Request, csrf: Annotated[str, Form()] = "", code: Annotated[str, Form(max_length=20)] = ""
+) -> Response:
     gw = gateway_of(request)
     keys = gw.keys  # noqa: F841
     check_csrf(request, gw, csrf)
@@ -281,8 +309,9 @@ def code_check(request: Request, csrf: Annotated[str, Form()] = "", code: Annota
         row = check_code(db, viewer.patient_id, "".join(code.split())[:12], "code")
         if row is None or not _good_factor(db, row):
             record(db, viewer.actor, "second_factor.failed", "patient", viewer.patient_id)
-            return pages.render(request, gw, "second_factor.html", locale=locale, error="wrong_code", resent=False,
-                                status=422)
+            return pages.render(
+                request, gw, "second_factor.html", locale=locale, error="wrong_code", resent=False, status=422
+            )
         # A new session token once the second factor is done: the pending one may have been observed.
         end_session(db, viewer)
         raw = open_session(db, gw.settings, patient_id=viewer.patient_id, landing_thread_id=viewer.landing_thread_id)
@@ -315,8 +344,13 @@ def code_resend(request: Request, csrf: Annotated[str, Form()] = "") -> Response
             return pages.render(request, gw, "error.html", locale=locale, status=429, problem="rate_limited")
         contact = second_factor_contact(db, gw.settings.portal_second_factor, viewer.patient_id, None)
         if contact is not None:
-            add_notice(db, "second_factor", patient_id=viewer.patient_id, contact_id=contact.id,
-                       channel="sms" if contact.kind == "phone" else "email")
+            add_notice(
+                db,
+                "second_factor",
+                patient_id=viewer.patient_id,
+                contact_id=contact.id,
+                channel="sms" if contact.kind == "phone" else "email",
+            )
         return pages.render(request, gw, "second_factor.html", locale=locale, error=None, resent=True)
 
 

@@ -15,8 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.app import Gateway
 from gateway.errors import Conflict, GatewayError, NotFound
@@ -104,8 +104,17 @@ def render(
 
 # --- error pages -----------------------------------------------------------------------------------
 
-PROBLEMS = {400: "invalid", 401: "signed_out", 403: "forbidden", 404: "not_found", 405: "not_found",
-            409: "conflict", 413: "too_large", 422: "invalid", 429: "rate_limited"}
+PROBLEMS = {
+    400: "invalid",
+    401: "signed_out",
+    403: "forbidden",
+    404: "not_found",
+    405: "not_found",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+    429: "rate_limited",
+}
 
 
 def _portal_path(request: Request) -> bool:

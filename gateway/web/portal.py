@@ -19,7 +19,16 @@ from sqlalchemy.orm import Session
 from gateway.audit import record
 from gateway.crypto import DecryptionError
 from gateway.db.keystore import Keystore
-from gateway.db.tables import Attachment, CareRelationship, ContactPoint, Message, Patient, Practitioner, Thread, ThreadRead
+from gateway.db.tables import (
+    Attachment,
+    CareRelationship,
+    ContactPoint,
+    Message,
+    Patient,
+    Practitioner,
+    Thread,
+    ThreadRead,
+)
 from gateway.directory.contacts import find_contacts, normalize_phone
 from gateway.directory.practices import practitioner_name
 from gateway.errors import Conflict, InvalidInput
@@ -55,6 +64,8 @@ from gateway.web.security import (
 router = APIRouter(include_in_schema=False)
 LIMITS = AttachmentLimits()
 MAX_FILES = 10
+# The notices worker (gateway.workers.notify) issues `verify_sms` and `second_factor` codes as purpose "code".
+VERIFY_CODE_PURPOSES = ("code",)
 
 Files = Annotated[list[UploadFile], File()]
 
@@ -88,7 +99,9 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def attachment_response(db: Session, keys: Keystore, thread: Thread, attachment_id: str, *, actor: str) -> Response | None:
+def attachment_response(
+    db: Session, keys: Keystore, thread: Thread, attachment_id: str, *, actor: str
+) -> Response | None:
     """The attachment's bytes with its stored type, always as a download; None when it is not in `thread`."""
     attachment = db.get(Attachment, attachment_id)
     message = db.get(Message, attachment.message_id) if attachment is not None else None
@@ -167,8 +180,9 @@ def check_text(subject: str | None, body: str) -> None:
 def _patient_viewer(request: Request, db: Session, gw: Any) -> Viewer | Response:
     viewer = current_viewer(request, db, gw.settings)
     if viewer is None or viewer.patient_id is None:
-        return pages.render(request, gw, "signed_out.html", locale=pages.pick_locale(request, gw), status=401,
-                            practitioner=False)
+        return pages.render(
+            request, gw, "signed_out.html", locale=pages.pick_locale(request, gw), status=401, practitioner=False
+        )
     if viewer.second_factor_pending:
         return finish(request, RedirectResponse("/portal/code", status_code=303), gw.settings)
     return viewer
@@ -200,7 +214,7 @@ def _thread_list(db: Session, keys: Keystore, viewer: Viewer) -> list[dict[str, 
             "last": t.last_message_at or t.created_at,
             "unread": t.id in new,
         }
-        for t in sorted(threads, key=lambda t: (t.last_message_at or t.created_at), reverse=True)
+        for t in sorted(threads, key=lambda t: t.last_message_at or t.created_at, reverse=True)
     ]
 
 
@@ -224,17 +238,36 @@ def _writable_practitioners(db: Session, keys: Keystore, patient: Patient) -> li
 
 
 def _thread_page(
-    request: Request, db: Session, gw: Any, keys: Keystore, viewer: Viewer, thread: Thread, *,
-    status: int = 200, draft: str = "", refused: tuple[Refused, ...] = (), error: str | None = None,
+    request: Request,
+    db: Session,
+    gw: Any,
+    keys: Keystore,
+    viewer: Viewer,
+    thread: Thread,
+    *,
+    status: int = 200,
+    draft: str = "",
+    refused: tuple[Refused, ...] = (),
+    error: str | None = None,
 ) -> Response:
     patient = _patient(db, viewer)
     view = read_thread(db, keys, thread, actor=viewer.actor)
     mark_read(db, thread.id, "patient")
     names = _practitioner_names(db, keys, {thread.practitioner_id})
     return pages.render(
-        request, gw, "thread.html", locale=patient.locale, status=status, viewer_kind="patient",
-        thread=view, practitioner=names.get(thread.practitioner_id, ""), threads=_thread_list(db, keys, viewer),
-        draft=draft, refused=refused, error=error, base=f"/portal/threads/{thread.id}",
+        request,
+        gw,
+        "thread.html",
+        locale=patient.locale,
+        status=status,
+        viewer_kind="patient",
+        thread=view,
+        practitioner=names.get(thread.practitioner_id, ""),
+        threads=_thread_list(db, keys, viewer),
+        draft=draft,
+        refused=refused,
+        error=error,
+        base=f"/portal/threads/{thread.id}",
     )
 
 
@@ -248,8 +281,13 @@ def home(request: Request) -> Response:
             return viewer
         patient = _patient(db, viewer)
         return pages.render(
-            request, gw, "threads.html", locale=patient.locale, viewer_kind="patient",
-            threads=_thread_list(db, keys, viewer), can_write=bool(_writable_practitioners(db, keys, patient)),
+            request,
+            gw,
+            "threads.html",
+            locale=patient.locale,
+            viewer_kind="patient",
+            threads=_thread_list(db, keys, viewer),
+            can_write=bool(_writable_practitioners(db, keys, patient)),
         )
 
 
@@ -295,13 +333,16 @@ def reply(
             return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, refused=refused)
         try:
             check_text(None, body)
-            message = post_message(db, keys, thread, author="patient", channel="portal", body=body, attachments=accepted)
+            message = post_message(
+                db, keys, thread, author="patient", channel="portal", body=body, attachments=accepted
+            )
         except (InvalidInput, Conflict) as exc:
             problem = "closed" if isinstance(exc, Conflict) else "empty"
             return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, error=problem)
         record(db, viewer.actor, "message.post", "message", message.id, thread=thread.id, channel="portal")
-        return finish(request, RedirectResponse(f"/portal/threads/{thread.id}#m-{message.id}", status_code=303),
-                      gw.settings)
+        return finish(
+            request, RedirectResponse(f"/portal/threads/{thread.id}#m-{message.id}", status_code=303), gw.settings
+        )
 
 
 @router.get("/portal/threads/{thread_id}/attachments/{attachment_id}")
@@ -327,9 +368,17 @@ def new_thread_page(request: Request) -> Response:
             return viewer
         patient = _patient(db, viewer)
         return pages.render(
-            request, gw, "new_thread.html", locale=patient.locale, viewer_kind="patient",
-            practitioners=_writable_practitioners(db, keys, patient), chosen="", subject="", draft="",
-            refused=(), error=None,
+            request,
+            gw,
+            "new_thread.html",
+            locale=patient.locale,
+            viewer_kind="patient",
+            practitioners=_writable_practitioners(db, keys, patient),
+            chosen="",
+            subject="",
+            draft="",
+            refused=(),
+            error=None,
         )
 
 
@@ -355,8 +404,18 @@ def new_thread(
 
         def again(error: str | None) -> Response:
             return pages.render(
-                request, gw, "new_thread.html", locale=patient.locale, viewer_kind="patient", status=422,
-                practitioners=choices, chosen=practitioner, subject=subject, draft=body, refused=refused, error=error,
+                request,
+                gw,
+                "new_thread.html",
+                locale=patient.locale,
+                viewer_kind="patient",
+                status=422,
+                practitioners=choices,
+                chosen=practitioner,
+                subject=subject,
+                draft=body,
+                refused=refused,
+                error=error,
             )
 
         if refused:
@@ -368,9 +427,12 @@ def new_thread(
             check_text(subject, body)
             if not body.strip() and not accepted:
                 raise InvalidInput("message is empty")
-            thread = open_thread(db, keys, patient_id=patient.id, practitioner_slug=target.slug, subject=subject,
-                                 actor=viewer.actor)
-            message = post_message(db, keys, thread, author="patient", channel="portal", body=body, attachments=accepted)
+            thread = open_thread(
+                db, keys, patient_id=patient.id, practitioner_slug=target.slug, subject=subject, actor=viewer.actor
+            )
+            message = post_message(
+                db, keys, thread, author="patient", channel="portal", body=body, attachments=accepted
+            )
         except InvalidInput:
             return again("empty")
         except Conflict:
@@ -419,7 +481,9 @@ def verify_phone(
                     break
         if done:
             return pages.render(request, gw, "verified.html", locale=locale)
-        return pages.render(request, gw, "verify_phone.html", locale=locale, error="wrong_code", phone=phone, status=422)
+        return pages.render(
+            request, gw, "verify_phone.html", locale=locale, error="wrong_code", phone=phone, status=422
+        )
 
 
 def _spend_verification_code(db: Session, contact: ContactPoint, code: str) -> bool:
@@ -431,9 +495,6 @@ def _spend_verification_code(db: Session, contact: ContactPoint, code: str) -> b
             return row.contact_id == contact.id
     return False
 
-
-# The notices worker (gateway.workers.notify) issues `verify_sms` and `second_factor` codes as purpose "code".
-VERIFY_CODE_PURPOSES = ("code",)
 
 
 # --- the one stylesheet ----------------------------------------------------------------------------

@@ -164,8 +164,16 @@ def login(
         if not ok or practitioner is None:
             if practitioner is not None:
                 record(db, f"practitioner:{practitioner.id}", "session.login_failed", "practitioner", practitioner.id)
-            return pages.render(request, gw, "pro_login.html", locale=locale, status=401, error="credentials",
-                                thread=thread, email=email)
+            return pages.render(
+                request,
+                gw,
+                "pro_login.html",
+                locale=locale,
+                status=401,
+                error="credentials",
+                thread=thread,
+                email=email,
+            )
         assert practitioner.password_hash is not None
         if HASHER.check_needs_rehash(practitioner.password_hash):
             practitioner.password_hash = HASHER.hash(password)
@@ -219,18 +227,22 @@ def held_for_triage(db: Session, keys: Keystore, viewer: Viewer, practitioner: P
             continue
         record(db, viewer.actor, "held_sms.read", "held_sms", row.id)
         threads = db.scalars(
-            select(Thread).where(
+            select(Thread)
+            .where(
                 Thread.patient_id == row.patient_id, Thread.practitioner_id == practitioner.id, Thread.status == "open"
-            ).order_by(Thread.last_message_at.desc())
+            )
+            .order_by(Thread.last_message_at.desc())
         )
-        items.append({
-            "id": row.id,
-            "patient": _patient_label(keys, db.get(Patient, row.patient_id)),
-            "received_at": row.created_at,
-            "body": content.body,
-            "files": len(content.media),
-            "threads": [{"id": t.id, "subject": subject_of(db, keys, t), "code": t.code} for t in threads],
-        })
+        items.append(
+            {
+                "id": row.id,
+                "patient": _patient_label(keys, db.get(Patient, row.patient_id)),
+                "received_at": row.created_at,
+                "body": content.body,
+                "files": len(content.media),
+                "threads": [{"id": t.id, "subject": subject_of(db, keys, t), "code": t.code} for t in threads],
+            }
+        )
     return items
 
 
@@ -255,8 +267,9 @@ def file_held(
         if row is None or not has_care(db, row.patient_id, me.id):
             return pages.error_page(request, 404)
         if thread == "new":
-            target = open_thread(db, keys, patient_id=row.patient_id, practitioner_slug=me.slug, subject="SMS",
-                                 actor=viewer.actor)
+            target = open_thread(
+                db, keys, patient_id=row.patient_id, practitioner_slug=me.slug, subject="SMS", actor=viewer.actor
+            )
         else:
             target = _own_thread(db, viewer, thread)
             if target is None or target.patient_id != row.patient_id:
@@ -295,22 +308,46 @@ def inbox(request: Request) -> Response:
         rows.sort(key=lambda r: (not r["unread"], r["status"] != "open"))
         practice = db.get(Practice, me.practice_id)
         return pages.render(
-            request, gw, "pro_inbox.html", locale=_locale(request, gw), viewer_kind="practitioner",
-            threads=rows, held=held_for_triage(db, keys, viewer, me), messaging=me.messaging_enabled,
+            request,
+            gw,
+            "pro_inbox.html",
+            locale=_locale(request, gw),
+            viewer_kind="practitioner",
+            threads=rows,
+            held=held_for_triage(db, keys, viewer, me),
+            messaging=me.messaging_enabled,
             practice=practice.display_name if practice else "",
         )
 
 
 def _thread_page(
-    request: Request, db: Session, gw: Any, keys: Keystore, viewer: Viewer, thread: Thread, *,
-    status: int = 200, draft: str = "", refused: tuple[Any, ...] = (), error: str | None = None,
+    request: Request,
+    db: Session,
+    gw: Any,
+    keys: Keystore,
+    viewer: Viewer,
+    thread: Thread,
+    *,
+    status: int = 200,
+    draft: str = "",
+    refused: tuple[Any, ...] = (),
+    error: str | None = None,
 ) -> Response:
     view = read_thread(db, keys, thread, actor=viewer.actor)
     mark_read(db, thread.id, "practitioner")
     return pages.render(
-        request, gw, "pro_thread.html", locale=_locale(request, gw), status=status, viewer_kind="practitioner",
-        thread=view, patient=_patient_label(keys, db.get(Patient, thread.patient_id)), draft=draft,
-        refused=refused, error=error, base=f"/portal/pro/threads/{thread.id}",
+        request,
+        gw,
+        "pro_thread.html",
+        locale=_locale(request, gw),
+        status=status,
+        viewer_kind="practitioner",
+        thread=view,
+        patient=_patient_label(keys, db.get(Patient, thread.patient_id)),
+        draft=draft,
+        refused=refused,
+        error=error,
+        base=f"/portal/pro/threads/{thread.id}",
     )
 
 
@@ -351,14 +388,16 @@ def reply(
             return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, refused=refused)
         try:
             check_text(None, body)
-            message = post_message(db, keys, thread, author="practitioner", channel="portal", body=body,
-                                   attachments=accepted)
+            message = post_message(
+                db, keys, thread, author="practitioner", channel="portal", body=body, attachments=accepted
+            )
         except (InvalidInput, Conflict) as exc:
             problem = "closed" if isinstance(exc, Conflict) else "empty"
             return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, error=problem)
         record(db, viewer.actor, "message.post", "message", message.id, thread=thread.id, channel="portal")
-        return finish(request, RedirectResponse(f"/portal/pro/threads/{thread.id}#m-{message.id}", status_code=303),
-                      gw.settings)
+        return finish(
+            request, RedirectResponse(f"/portal/pro/threads/{thread.id}#m-{message.id}", status_code=303), gw.settings
+        )
 
 
 @router.post("/portal/pro/threads/{thread_id}/close")
@@ -393,11 +432,26 @@ def download(request: Request, thread_id: str, attachment_id: str) -> Response:
 # --- settings: messaging on/off, TOTP ----------------------------------------------------------------
 
 
-def _settings_page(request: Request, gw: Any, me: Practitioner, *, status: int = 200, error: str | None = None,
-                   setup: dict[str, str] | None = None) -> Response:
+def _settings_page(
+    request: Request,
+    gw: Any,
+    me: Practitioner,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    setup: dict[str, str] | None = None,
+) -> Response:
     return pages.render(
-        request, gw, "pro_settings.html", locale=_locale(request, gw), status=status, viewer_kind="practitioner",
-        messaging=me.messaging_enabled, totp=me.totp_secret_ct is not None, error=error, setup=setup,
+        request,
+        gw,
+        "pro_settings.html",
+        locale=_locale(request, gw),
+        status=status,
+        viewer_kind="practitioner",
+        messaging=me.messaging_enabled,
+        totp=me.totp_secret_ct is not None,
+        error=error,
+        setup=setup,
     )
 
 
@@ -413,7 +467,9 @@ def settings_page(request: Request) -> Response:
 
 
 @router.post("/portal/pro/messaging")
-def messaging(request: Request, csrf: Annotated[str, Form()] = "", enabled: Annotated[str, Form(max_length=8)] = "") -> Response:
+def messaging(
+    request: Request, csrf: Annotated[str, Form()] = "", enabled: Annotated[str, Form(max_length=8)] = ""
+) -> Response:
     gw = gateway_of(request)
     keys = gw.keys  # noqa: F841
     check_csrf(request, gw, csrf)
@@ -475,7 +531,9 @@ def totp_confirm(
 
 
 @router.post("/portal/pro/totp/disable")
-def totp_disable(request: Request, csrf: Annotated[str, Form()] = "", code: Annotated[str, Form(max_length=20)] = "") -> Response:
+def totp_disable(
+    request: Request, csrf: Annotated[str, Form()] = "", code: Annotated[str, Form(max_length=20)] = ""
+) -> Response:
     gw = gateway_of(request)
     keys = gw.keys
     check_csrf(request, gw, csrf)

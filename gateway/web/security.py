@@ -32,8 +32,7 @@ CSRF_FIELD = "csrf"
 TOUCH_EVERY = timedelta(seconds=60)
 
 CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 
@@ -96,7 +95,11 @@ async def _too_large(path: str, send: Send) -> None:
         {
             "type": "http.response.start",
             "status": 413,
-            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+            "headers": [
+                (b"content-type", ctype),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -176,8 +179,9 @@ def current_viewer(request: Request, db: Session, settings: Settings) -> Viewer 
         return None
     if now - row.last_seen_at >= TOUCH_EVERY:
         row.last_seen_at = now
-    return Viewer(row.id, row.token_hash, row.patient_id, row.practitioner_id, row.second_factor_pending,
-                  row.landing_thread_id)
+    return Viewer(
+        row.id, row.token_hash, row.patient_id, row.practitioner_id, row.second_factor_pending, row.landing_thread_id
+    )
 
 
 def end_session(db: Session, viewer: Viewer | None) -> None:

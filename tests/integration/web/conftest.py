@@ -54,10 +54,19 @@ def build_world(gw: Gateway, canaries: dict[str, str]) -> World:
     with gw.transaction() as s:
         practice = add_practice(s, slug="cab", name="Cabinet des Tilleuls")
         doctor = add_practitioner(s, keys, practice_slug="cab", slug="dr-a", name="Dr Alpha", email=DOCTOR_EMAIL)
-        a = add_patient(s, keys, practice_slug="cab", name=canaries["name"], email=canaries["email"],
-                        phone=canaries["phone"], verified=True, locale="fr")
-        b = add_patient(s, keys, practice_slug="cab", name="Bob Other", email="bob@example.net", verified=True,
-                        locale="en")
+        a = add_patient(
+            s,
+            keys,
+            practice_slug="cab",
+            name=canaries["name"],
+            email=canaries["email"],
+            phone=canaries["phone"],
+            verified=True,
+            locale="fr",
+        )
+        b = add_patient(
+            s, keys, practice_slug="cab", name="Bob Other", email="bob@example.net", verified=True, locale="en"
+        )
         add_practice(s, slug="far", name="Cabinet Lointain")
         far_doc = add_practitioner(s, keys, practice_slug="far", slug="dr-z", name="Dr Zulu", email="z@example.net")
         c = add_patient(s, keys, practice_slug="far", name="Carol Far", email="carol@example.net", verified=True)
@@ -69,7 +78,12 @@ def build_world(gw: Gateway, canaries: dict[str, str]) -> World:
         tb = open_thread(s, keys, patient_id=b.id, practitioner_slug="dr-a", subject="Bob's question")
         tc = open_thread(s, keys, patient_id=c.id, practitioner_slug="dr-z", subject="Carol's question")
         message = post_message(
-            s, keys, ta, author="practitioner", channel="cli", body=canaries["body"],
+            s,
+            keys,
+            ta,
+            author="practitioner",
+            channel="cli",
+            body=canaries["body"],
             attachments=(NewAttachment(canaries["attachment"], "application/pdf", PDF),),
         )
         post_message(s, keys, tb, author="practitioner", channel="cli", body="For Bob only")
@@ -79,7 +93,9 @@ def build_world(gw: Gateway, canaries: dict[str, str]) -> World:
 
         attachment = s.scalar(select(Attachment.id).where(Attachment.message_id == message.id))
         assert attachment is not None
-        return World(practice.id, doctor.id, doctor.slug, a.id, b.id, ta.id, tb.id, attachment, c.id, tc.id, far_doc.slug)
+        return World(
+            practice.id, doctor.id, doctor.slug, a.id, b.id, ta.id, tb.id, attachment, c.id, tc.id, far_doc.slug
+        )
 
 
 def csrf_of(html: str) -> str:
@@ -134,11 +150,26 @@ class Site:
         self.clients.append(client)
         return client
 
-    def issue(self, purpose: str = "login", *, patient_id: str | None = None, practitioner_id: str | None = None,
-              thread_id: str | None = None, contact_id: str | None = None, ttl: timedelta = timedelta(hours=1)) -> str:
+    def issue(
+        self,
+        purpose: str = "login",
+        *,
+        patient_id: str | None = None,
+        practitioner_id: str | None = None,
+        thread_id: str | None = None,
+        contact_id: str | None = None,
+        ttl: timedelta = timedelta(hours=1),
+    ) -> str:
         with self.gw.transaction() as s:
-            return links.issue(s, purpose, ttl=ttl, patient_id=patient_id, practitioner_id=practitioner_id,
-                               thread_id=thread_id, contact_id=contact_id).token
+            return links.issue(
+                s,
+                purpose,
+                ttl=ttl,
+                patient_id=patient_id,
+                practitioner_id=practitioner_id,
+                thread_id=thread_id,
+                contact_id=contact_id,
+            ).token
 
     def sign_in(self, client: httpx.Client, patient_id: str, thread_id: str | None = None) -> httpx.Response:
         """Open a login link and press its button; returns the POST's answer (a redirect)."""
@@ -154,13 +185,20 @@ class Site:
         client = client or self.client()
         token = self.issue("invite", practitioner_id=self.world.doctor_id)
         page = client.get(f"/l/{token}")
-        answer = client.post(f"/l/{token}", data={"csrf": csrf_of(page.text), "password": DOCTOR_PASSWORD,
-                                                  "password2": DOCTOR_PASSWORD})
+        answer = client.post(
+            f"/l/{token}", data={"csrf": csrf_of(page.text), "password": DOCTOR_PASSWORD, "password2": DOCTOR_PASSWORD}
+        )
         assert answer.status_code == 303 and answer.headers["location"] == "/portal/pro/", answer.text
         return client
 
-    def post_form(self, client: httpx.Client, page_path: str, action: str, data: dict[str, str],
-                  files: list[tuple[str, tuple[str, bytes, str]]] | None = None) -> httpx.Response:
+    def post_form(
+        self,
+        client: httpx.Client,
+        page_path: str,
+        action: str,
+        data: dict[str, str],
+        files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
+    ) -> httpx.Response:
         page = client.get(page_path)
         assert page.status_code == 200, page.status_code
         return client.post(action, data={"csrf": csrf_of(page.text), **data}, files=files)
@@ -176,7 +214,9 @@ class Site:
 
     def contact(self, patient_id: str, kind: str) -> ContactPoint:
         with self.gw.readers() as s:
-            contact = s.scalar(select(ContactPoint).where(ContactPoint.patient_id == patient_id, ContactPoint.kind == kind))
+            contact = s.scalar(
+                select(ContactPoint).where(ContactPoint.patient_id == patient_id, ContactPoint.kind == kind)
+            )
             assert contact is not None
             s.expunge(contact)
             return contact
@@ -184,7 +224,9 @@ class Site:
 
 @pytest.fixture
 def site_factory(
-    settings_factory: Any, canaries: dict[str, str], smtp_sink_factory: Callable[..., SmtpSink]  # noqa: F811
+    settings_factory: Any,
+    canaries: dict[str, str],
+    smtp_sink_factory: Callable[..., SmtpSink],  # noqa: F811
 ) -> Iterator[Callable[..., Site]]:
     """`site_factory(**setting overrides)`: a gateway with the world, served on a loopback port."""
     made: list[tuple[Site, HttpServer]] = []

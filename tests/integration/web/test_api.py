@@ -61,9 +61,16 @@ def test_a_key_sees_only_its_practice(site: Site) -> None:
     _error(far.post(f"/api/v1/threads/{w.thread_a}/messages", json={"body": "x"}), 404, "not_found")
     _error(far.post(f"/api/v1/threads/{w.thread_a}/close"), 404, "not_found")
     _error(far.post("/api/v1/care", json={"patient_id": w.patient_a, "practitioner": "dr-z"}), 404, "not_found")
-    _error(far.post("/api/v1/care", json={"patient_id": w.other_practice_patient, "practitioner": "dr-a"}), 404, "not_found")
-    _error(far.post("/api/v1/threads", json={"patient_id": w.patient_a, "practitioner": "dr-z", "subject": "x"}),
-           404, "not_found")
+    _error(
+        far.post("/api/v1/care", json={"patient_id": w.other_practice_patient, "practitioner": "dr-a"}),
+        404,
+        "not_found",
+    )
+    _error(
+        far.post("/api/v1/threads", json={"patient_id": w.patient_a, "practitioner": "dr-z", "subject": "x"}),
+        404,
+        "not_found",
+    )
     _error(far.get("/api/v1/care", params={"patient_id": w.patient_a}), 404, "not_found")
     since = datetime(2000, 1, 1, tzinfo=timezone.utc).isoformat()
     polled = far.get("/api/v1/messages", params={"since": since}).json()["messages"]
@@ -73,40 +80,67 @@ def test_a_key_sees_only_its_practice(site: Site) -> None:
 
 def test_patients_care_threads_and_messages(site: Site, canaries: dict[str, str]) -> None:
     api = _api(site, _key(site))
-    created = api.post("/api/v1/patients", json={"name": "Api Patient", "email": "api.patient@example.org",
-                                                 "phone": "06 12 12 12 12", "locale": "en"})
+    created = api.post(
+        "/api/v1/patients",
+        json={"name": "Api Patient", "email": "api.patient@example.org", "phone": "06 12 12 12 12", "locale": "en"},
+    )
     assert created.status_code == 201, created.text
     patient = created.json()
     assert patient["name"] == "Api Patient" and patient["locale"] == "en"
     assert sorted((c["kind"], c["value"], c["verified"]) for c in patient["contacts"]) == [
-        ("email", "api.patient@example.org", False), ("phone", "+33612121212", False)]
+        ("email", "api.patient@example.org", False),
+        ("phone", "+33612121212", False),
+    ]
     assert api.get(f"/api/v1/patients/{patient['id']}").json()["id"] == patient["id"]
 
     verification = api.post(f"/api/v1/patients/{patient['id']}/verifications", json={"kind": "email"})
     assert verification.status_code == 202 and verification.json()["sent"] is True
     assert any(r.kind == "verify_email" and r.patient_id == patient["id"] for r in site.outbox())
 
-    _error(api.post("/api/v1/threads", json={"patient_id": patient["id"], "practitioner": "dr-a", "subject": "Hi"}),
-           409, "conflict")
+    _error(
+        api.post("/api/v1/threads", json={"patient_id": patient["id"], "practitioner": "dr-a", "subject": "Hi"}),
+        409,
+        "conflict",
+    )
     care = api.post("/api/v1/care", json={"patient_id": patient["id"], "practitioner": "dr-a"})
     assert care.status_code == 201 and care.json()["created"] is True
     again = api.post("/api/v1/care", json={"patient_id": patient["id"], "practitioner": "dr-a"})
     assert again.status_code == 200 and again.json()["created"] is False
-    assert [c["practitioner"] for c in api.get("/api/v1/care", params={"patient_id": patient["id"]}).json()["care"]] == ["dr-a"]
+    assert [
+        c["practitioner"] for c in api.get("/api/v1/care", params={"patient_id": patient["id"]}).json()["care"]
+    ] == ["dr-a"]
 
-    thread = api.post("/api/v1/threads", json={
-        "patient_id": patient["id"], "practitioner": "dr-a", "subject": "Your results",
-        "message": {"body": "See attached", "attachments": [
-            {"filename": "results.pdf", "content_type": "application/pdf",
-             "content_base64": base64.b64encode(PDF).decode()}]},
-    })
+    thread = api.post(
+        "/api/v1/threads",
+        json={
+            "patient_id": patient["id"],
+            "practitioner": "dr-a",
+            "subject": "Your results",
+            "message": {
+                "body": "See attached",
+                "attachments": [
+                    {
+                        "filename": "results.pdf",
+                        "content_type": "application/pdf",
+                        "content_base64": base64.b64encode(PDF).decode(),
+                    }
+                ],
+            },
+        },
+    )
     assert thread.status_code == 201, thread.text
     opened = thread.json()
     assert opened["subject"] == "Your results" and opened["reply_address"].endswith("@msg.example.test")
     shown = api.get(f"/api/v1/threads/{opened['id']}").json()
-    assert [(m["author"], m["channel"], m["body"]) for m in shown["messages"]] == [("practitioner", "api", "See attached")]
+    assert [(m["author"], m["channel"], m["body"]) for m in shown["messages"]] == [
+        ("practitioner", "api", "See attached")
+    ]
     attachment = shown["messages"][0]["attachments"][0]
-    assert (attachment["filename"], attachment["content_type"], attachment["size"]) == ("results.pdf", "application/pdf", len(PDF))
+    assert (attachment["filename"], attachment["content_type"], attachment["size"]) == (
+        "results.pdf",
+        "application/pdf",
+        len(PDF),
+    )
     download = api.get(f"/api/v1/attachments/{attachment['id']}")
     assert download.content == PDF and download.headers["content-disposition"].startswith("attachment;")
     assert download.headers["content-type"] == "application/pdf"
@@ -122,8 +156,9 @@ def test_patients_care_threads_and_messages(site: Site, canaries: dict[str, str]
     assert [t["id"] for t in listed] == [opened["id"]]
 
     with site.gw.readers() as s:
-        reads = s.scalars(select(AuditEvent.actor).where(AuditEvent.action == "thread.read",
-                                                         AuditEvent.object_id == opened["id"])).all()
+        reads = s.scalars(
+            select(AuditEvent.actor).where(AuditEvent.action == "thread.read", AuditEvent.object_id == opened["id"])
+        ).all()
     assert reads and all(actor.startswith("api:") for actor in reads)
 
 
@@ -132,7 +167,10 @@ def test_polling_with_since(site: Site) -> None:
     first = api.get("/api/v1/messages", params={"since": "2000-01-01T00:00:00Z"}).json()
     assert {m["thread_id"] for m in first["messages"]} == {site.world.thread_a, site.world.thread_b}
     assert first["next_since"] is not None
-    assert api.get("/api/v1/messages", params={"since": first["next_since"]}).json() == {"messages": [], "next_since": None}
+    assert api.get("/api/v1/messages", params={"since": first["next_since"]}).json() == {
+        "messages": [],
+        "next_since": None,
+    }
     posted = api.post(f"/api/v1/threads/{site.world.thread_b}/messages", json={"body": "Polled"}).json()
     later = api.get("/api/v1/messages", params={"since": first["next_since"]}).json()
     assert [(m["id"], m["body"]) for m in later["messages"]] == [(posted["id"], "Polled")]
@@ -146,15 +184,44 @@ def test_attachment_rules_and_sizes(site: Site) -> None:
     path = f"/api/v1/threads/{site.world.thread_a}/messages"
     notices_before = len(site.outbox("new_message"))
     exe = base64.b64encode(b"MZ\x90\x00" + b"\x00" * 100).decode()
-    _error(api.post(path, json={"body": "x", "attachments": [
-        {"filename": "tool.exe", "content_type": "application/octet-stream", "content_base64": exe}]}),
-        422, "attachment_refused")
-    _error(api.post(path, json={"body": "x", "attachments": [
-        {"filename": "a.pdf", "content_type": "application/pdf", "content_base64": "***not base64***"}]}),
-        422, "invalid_input")
+    _error(
+        api.post(
+            path,
+            json={
+                "body": "x",
+                "attachments": [
+                    {"filename": "tool.exe", "content_type": "application/octet-stream", "content_base64": exe}
+                ],
+            },
+        ),
+        422,
+        "attachment_refused",
+    )
+    _error(
+        api.post(
+            path,
+            json={
+                "body": "x",
+                "attachments": [
+                    {"filename": "a.pdf", "content_type": "application/pdf", "content_base64": "***not base64***"}
+                ],
+            },
+        ),
+        422,
+        "invalid_input",
+    )
     big = base64.b64encode(b"%PDF-1.4\n" + b"0" * (10 * 1024 * 1024)).decode()
-    _error(api.post(path, json={"body": "x", "attachments": [
-        {"filename": "big.pdf", "content_type": "application/pdf", "content_base64": big}]}), 413, "too_large")
+    _error(
+        api.post(
+            path,
+            json={
+                "body": "x",
+                "attachments": [{"filename": "big.pdf", "content_type": "application/pdf", "content_base64": big}],
+            },
+        ),
+        413,
+        "too_large",
+    )
     # Over the request limit: refused from the headers alone, before any of the body is sent.
     host, port = site.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:

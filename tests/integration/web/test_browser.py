@@ -30,8 +30,14 @@ def browser() -> Iterator[object]:
         chromium = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         try:
             yield chromium
@@ -52,8 +58,13 @@ def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def test_patient_and_practitioner_journey(browser, site: Site, canaries: dict[str, str], tmp_path: Path,  # type: ignore[no-untyped-def]
-                                          capfd: pytest.CaptureFixture[str]) -> None:
+def test_patient_and_practitioner_journey(
+    browser,
+    site: Site,
+    canaries: dict[str, str],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     world = site.world
     # The world's practitioner message is waiting in the outbox: the worker sends the patient's notice.
     site.deliver()

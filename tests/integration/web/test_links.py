@@ -138,7 +138,9 @@ def test_https_public_url_makes_the_session_cookie_secure(site_factory) -> None:
     assert "gw_csrf=" in set_csrf and "Secure" in set_csrf
     # This test talks plain HTTP to the server, so it hands over the Secure cookie itself, as a TLS proxy would.
     seed = set_csrf.split("gw_csrf=", 1)[1].split(";", 1)[0]
-    answer = httpx.post(f"{site.url}/l/{token}", data={"csrf": csrf_of(page.text)}, headers={"Cookie": f"gw_csrf={seed}"})
+    answer = httpx.post(
+        f"{site.url}/l/{token}", data={"csrf": csrf_of(page.text)}, headers={"Cookie": f"gw_csrf={seed}"}
+    )
     assert answer.status_code == 303
     assert "Secure" in answer.headers["set-cookie"]
     assert page.headers["strict-transport-security"].startswith("max-age=")
@@ -220,8 +222,10 @@ def test_invitation_sets_a_password_once(site: Site) -> None:
     assert short.status_code == 422 and _row(site, token).used_at is None
     differ = browser.post(f"/l/{token}", data={"csrf": csrf_of(page.text), "password": "a" * 12, "password2": "b" * 12})
     assert differ.status_code == 422 and _row(site, token).used_at is None
-    ok = browser.post(f"/l/{token}", data={"csrf": csrf_of(page.text), "password": "a long enough pass",
-                                           "password2": "a long enough pass"})
+    ok = browser.post(
+        f"/l/{token}",
+        data={"csrf": csrf_of(page.text), "password": "a long enough pass", "password2": "a long enough pass"},
+    )
     assert ok.status_code == 303 and ok.headers["location"] == "/portal/pro/"
     assert browser.get("/portal/pro/").status_code == 200
     again = site.client().get(f"/l/{token}")

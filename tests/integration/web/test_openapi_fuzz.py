@@ -22,7 +22,11 @@ def test_no_server_error(site: Site) -> None:
         key = create_key(s, "cab")[1]
     headers = {"Authorization": f"Bearer {key}"}
     # Real ids too, so generated bodies reach the code behind the lookups (posting into a real thread, ...).
-    real = {"thread_id": site.world.thread_a, "patient_id": site.world.patient_a, "attachment_id": site.world.attachment_a}
+    real = {
+        "thread_id": site.world.thread_a,
+        "patient_id": site.world.patient_a,
+        "attachment_id": site.world.attachment_a,
+    }
     # The schema as the running server publishes it; only the API's operations (the webhooks have their own tests).
     schema = schemathesis.openapi.from_url(site.url + "/openapi.json").include(path_regex="^/api/v1/")
     operations = [result.ok() for result in schema.get_all_operations()]

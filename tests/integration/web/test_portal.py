@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway.db.tables import Attachment, AuditEvent, Message, OutboxRow, Practitioner, Thread, WebSession
-from gateway.directory.practices import add_practitioner
 from gateway.directory.patients import add_care
+from gateway.directory.practices import add_practitioner
 from gateway.threads.service import get_thread, post_message
 from tests.integration.web.conftest import PDF, Site, csrf_of
 
@@ -43,8 +43,14 @@ def _audit(site: Site, action: str) -> list[AuditEvent]:
 def test_thread_page_shows_the_conversation_escaped_and_audits_the_read(site: Site, canaries: dict[str, str]) -> None:
     keys = site.gw.keys
     with site.gw.transaction() as s:
-        post_message(s, keys, get_thread(s, site.world.thread_a), author="patient", channel="email",
-                     body="<script>alert(1)</script> & <b>bold</b>")
+        post_message(
+            s,
+            keys,
+            get_thread(s, site.world.thread_a),
+            author="patient",
+            channel="email",
+            body="<script>alert(1)</script> & <b>bold</b>",
+        )
     browser = site.client()
     landing = site.sign_in(browser, site.world.patient_a, site.world.thread_a)
     page = browser.get(landing.headers["location"])
@@ -87,8 +93,13 @@ def test_reply_with_an_attachment_goes_to_the_thread_and_notifies_the_practition
     browser = site.client()
     site.sign_in(browser, site.world.patient_a, site.world.thread_a)
     path = f"/portal/threads/{site.world.thread_a}"
-    answer = site.post_form(browser, path, f"{path}/messages", {"body": "Merci docteur"},
-                            files=[("files", ("scan.pdf", PDF, "application/pdf"))])
+    answer = site.post_form(
+        browser,
+        path,
+        f"{path}/messages",
+        {"body": "Merci docteur"},
+        files=[("files", ("scan.pdf", PDF, "application/pdf"))],
+    )
     assert answer.status_code == 303 and answer.headers["location"].startswith(path + "#m-")
     last = _messages(site, site.world.thread_a)[-1]
     assert (last.author, last.channel) == ("patient", "portal")
@@ -107,10 +118,15 @@ def test_refused_files_are_named_and_nothing_is_sent(site: Site) -> None:
     path = f"/portal/threads/{site.world.thread_a}"
     before = len(_messages(site, site.world.thread_a))
     answer = site.post_form(
-        browser, path, f"{path}/messages", {"body": "Voici mes fichiers"},
-        files=[("files", ("ok.pdf", PDF, "application/pdf")),
-               ("files", ("setup.exe", b"MZ\x90\x00" + b"\x00" * 64, "application/octet-stream")),
-               ("files", ("fake.pdf", b"MZ not a pdf", "application/pdf"))],
+        browser,
+        path,
+        f"{path}/messages",
+        {"body": "Voici mes fichiers"},
+        files=[
+            ("files", ("ok.pdf", PDF, "application/pdf")),
+            ("files", ("setup.exe", b"MZ\x90\x00" + b"\x00" * 64, "application/octet-stream")),
+            ("files", ("fake.pdf", b"MZ not a pdf", "application/pdf")),
+        ],
     )
     assert answer.status_code == 422
     assert "setup.exe" in answer.text and "fake.pdf" in answer.text
@@ -124,10 +140,12 @@ def test_refused_files_are_named_and_nothing_is_sent(site: Site) -> None:
 def test_new_thread_only_to_practitioners_in_care_with_messaging_on(site: Site) -> None:
     keys = site.gw.keys
     with site.gw.transaction() as s:
-        quiet = add_practitioner(s, keys, practice_slug="cab", slug="dr-quiet", name="Dr Quiet",
-                                 email="quiet@example.org", messaging=False)
-        stranger = add_practitioner(s, keys, practice_slug="cab", slug="dr-stranger", name="Dr Stranger",
-                                    email="stranger@example.org")
+        quiet = add_practitioner(
+            s, keys, practice_slug="cab", slug="dr-quiet", name="Dr Quiet", email="quiet@example.org", messaging=False
+        )
+        stranger = add_practitioner(
+            s, keys, practice_slug="cab", slug="dr-stranger", name="Dr Stranger", email="stranger@example.org"
+        )
         s.flush()
         add_care(s, patient_id=site.world.patient_a, practitioner_slug="dr-quiet")
         quiet_id, stranger_id = quiet.id, stranger.id
@@ -138,19 +156,29 @@ def test_new_thread_only_to_practitioners_in_care_with_messaging_on(site: Site) 
     assert "Dr Alpha" in page.text and "Dr Quiet" not in page.text and "Dr Stranger" not in page.text
     threads_before = _thread_count(site, site.world.patient_a)
     for refused in (quiet_id, stranger_id, "0" * 32):
-        answer = site.post_form(browser, "/portal/new", "/portal/threads",
-                                {"practitioner": refused, "subject": "Question", "body": "Bonjour"})
+        answer = site.post_form(
+            browser,
+            "/portal/new",
+            "/portal/threads",
+            {"practitioner": refused, "subject": "Question", "body": "Bonjour"},
+        )
         assert answer.status_code == 422
     assert _thread_count(site, site.world.patient_a) == threads_before
-    answer = site.post_form(browser, "/portal/new", "/portal/threads",
-                            {"practitioner": site.world.doctor_id, "subject": "Nouvelle question", "body": "Bonjour"},
-                            files=[("files", ("photo.pdf", PDF, "application/pdf"))])
+    answer = site.post_form(
+        browser,
+        "/portal/new",
+        "/portal/threads",
+        {"practitioner": site.world.doctor_id, "subject": "Nouvelle question", "body": "Bonjour"},
+        files=[("files", ("photo.pdf", PDF, "application/pdf"))],
+    )
     assert answer.status_code == 303
     thread_id = answer.headers["location"].rsplit("/", 1)[1]
     page = browser.get(answer.headers["location"])
     assert "Nouvelle question" in page.text and "photo.pdf" in page.text
     assert [m.channel for m in _messages(site, thread_id)] == ["portal"]
-    assert any(r.thread_id == thread_id and r.practitioner_id == site.world.doctor_id for r in site.outbox("new_message"))
+    assert any(
+        r.thread_id == thread_id and r.practitioner_id == site.world.doctor_id for r in site.outbox("new_message")
+    )
 
 
 def test_a_patient_never_sees_another_patients_thread(site: Site) -> None:
@@ -159,8 +187,11 @@ def test_a_patient_never_sees_another_patients_thread(site: Site) -> None:
     other = site.world.thread_b
     not_found = browser.get(f"/portal/threads/{'f' * 32}")
     assert not_found.status_code == 404
-    for path in (f"/portal/threads/{other}", f"/portal/threads/{site.world.other_practice_thread}",
-                 f"/portal/threads/{other}/attachments/{site.world.attachment_a}"):
+    for path in (
+        f"/portal/threads/{other}",
+        f"/portal/threads/{site.world.other_practice_thread}",
+        f"/portal/threads/{other}/attachments/{site.world.attachment_a}",
+    ):
         answer = browser.get(path)
         assert answer.status_code == 404
         assert re.sub(r'value="[^"]+"', "", answer.text) == re.sub(r'value="[^"]+"', "", not_found.text)
@@ -212,8 +243,9 @@ def test_forms_without_a_valid_token_or_from_another_origin_are_refused(site: Si
     other = site.client()
     other_token = csrf_of(other.get("/portal/verify").text)
     assert browser.post(f"{path}/messages", data={"csrf": other_token, "body": "swapped"}).status_code == 403
-    answer = browser.post(f"{path}/messages", data={"csrf": good, "body": "cross"},
-                          headers={"Origin": "https://evil.example"})
+    answer = browser.post(
+        f"{path}/messages", data={"csrf": good, "body": "cross"}, headers={"Origin": "https://evil.example"}
+    )
     assert answer.status_code == 403
     assert len(_messages(site, site.world.thread_a)) == before
     assert browser.post(f"{path}/messages", data={"csrf": good, "body": "fine"}).status_code == 303
@@ -222,8 +254,14 @@ def test_forms_without_a_valid_token_or_from_another_origin_are_refused(site: Si
 def test_every_page_sends_the_security_headers_and_no_script(site: Site) -> None:
     browser = site.client()
     site.sign_in(browser, site.world.patient_a)
-    for path in ("/portal/", "/portal/new", f"/portal/threads/{site.world.thread_a}", "/portal/verify",
-                 "/portal/nothing-here", "/portal/pro/login"):
+    for path in (
+        "/portal/",
+        "/portal/new",
+        f"/portal/threads/{site.world.thread_a}",
+        "/portal/verify",
+        "/portal/nothing-here",
+        "/portal/pro/login",
+    ):
         page = browser.get(path)
         csp = page.headers["content-security-policy"]
         assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
@@ -276,8 +314,11 @@ def test_second_factor_codes_expire_after_ten_minutes(site_factory) -> None:  # 
     site.deliver()
     code = re.search(r"\b(\d{6})\b", site.mail_text()).group(1)  # type: ignore[union-attr]
     with site.gw.transaction() as s:
-        s.execute(update(LoginToken).where(LoginToken.purpose == "code")
-                  .values(created_at=datetime.now(timezone.utc) - timedelta(minutes=11)))
+        s.execute(
+            update(LoginToken)
+            .where(LoginToken.purpose == "code")
+            .values(created_at=datetime.now(timezone.utc) - timedelta(minutes=11))
+        )
     page = browser.get("/portal/code")
     assert browser.post("/portal/code", data={"csrf": csrf_of(page.text), "code": code}).status_code == 422
 

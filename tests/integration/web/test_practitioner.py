@@ -17,9 +17,15 @@ from tests.integration.web.conftest import DOCTOR_EMAIL, DOCTOR_PASSWORD, PDF, S
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
-def _login(site: Site, browser, email: str = DOCTOR_EMAIL, password: str = DOCTOR_PASSWORD, code: str = "", thread: str = ""):  # type: ignore[no-untyped-def]
-    return site.post_form(browser, "/portal/pro/login", "/portal/pro/login",
-                          {"email": email, "password": password, "code": code, "thread": thread})
+def _login(
+    site: Site, browser, email: str = DOCTOR_EMAIL, password: str = DOCTOR_PASSWORD, code: str = "", thread: str = ""
+):  # type: ignore[no-untyped-def]
+    return site.post_form(
+        browser,
+        "/portal/pro/login",
+        "/portal/pro/login",
+        {"email": email, "password": password, "code": code, "thread": thread},
+    )
 
 
 def test_password_sign_in_and_same_answer_for_unknown_address(site: Site) -> None:
@@ -54,11 +60,14 @@ def test_totp_setup_sign_in_and_no_replay(site: Site) -> None:
     started = browser.post("/portal/pro/totp/start", data={"csrf": csrf_of(page.text)})
     secret = started.text.split('name="secret" value="', 1)[1].split('"', 1)[0]
     totp = pyotp.TOTP(secret)
-    bad = browser.post("/portal/pro/totp/confirm", data={"csrf": csrf_of(page.text), "secret": secret, "code": "000000"
-                                                          if totp.now() != "000000" else "111111"})
+    bad = browser.post(
+        "/portal/pro/totp/confirm",
+        data={"csrf": csrf_of(page.text), "secret": secret, "code": "000000" if totp.now() != "000000" else "111111"},
+    )
     assert bad.status_code == 422
-    confirmed = browser.post("/portal/pro/totp/confirm", data={"csrf": csrf_of(page.text), "secret": secret,
-                                                                "code": totp.now()})
+    confirmed = browser.post(
+        "/portal/pro/totp/confirm", data={"csrf": csrf_of(page.text), "secret": secret, "code": totp.now()}
+    )
     assert confirmed.status_code == 303
     with site.gw.readers() as s:
         doctor = s.get(Practitioner, site.world.doctor_id)
@@ -91,20 +100,29 @@ def test_inbox_lists_unread_first_and_reading_is_audited(site: Site, canaries: d
     assert page.status_code == 200 and "Bob writes" in page.text
     assert 'class="unread' not in browser.get("/portal/pro/").text
     with site.gw.readers() as s:
-        actors = s.scalars(select(AuditEvent.actor).where(AuditEvent.action == "thread.read",
-                                                          AuditEvent.object_id == site.world.thread_b)).all()
+        actors = s.scalars(
+            select(AuditEvent.actor).where(
+                AuditEvent.action == "thread.read", AuditEvent.object_id == site.world.thread_b
+            )
+        ).all()
     assert actors == [f"practitioner:{site.world.doctor_id}"]
 
 
 def test_reply_with_attachment_close_and_other_practitioners_threads(site: Site) -> None:
     browser = site.doctor()
     path = f"/portal/pro/threads/{site.world.thread_a}"
-    answer = site.post_form(browser, path, f"{path}/messages", {"body": "Votre ordonnance"},
-                            files=[("files", ("ordonnance.pdf", PDF, "application/pdf"))])
+    answer = site.post_form(
+        browser,
+        path,
+        f"{path}/messages",
+        {"body": "Votre ordonnance"},
+        files=[("files", ("ordonnance.pdf", PDF, "application/pdf"))],
+    )
     assert answer.status_code == 303
     with site.gw.readers() as s:
-        last = s.scalars(select(Message).where(Message.thread_id == site.world.thread_a)
-                         .order_by(Message.created_at.desc())).first()
+        last = s.scalars(
+            select(Message).where(Message.thread_id == site.world.thread_a).order_by(Message.created_at.desc())
+        ).first()
         assert last is not None and (last.author, last.channel) == ("practitioner", "portal")
         notice = s.scalar(select(OutboxRow).where(OutboxRow.message_id == last.id))
     assert notice is not None and notice.patient_id == site.world.patient_a
@@ -126,7 +144,9 @@ def test_reply_with_attachment_close_and_other_practitioners_threads(site: Site)
 
     for foreign in (site.world.other_practice_thread, "0" * 32):
         assert browser.get(f"/portal/pro/threads/{foreign}").status_code == 404
-        assert browser.post(f"/portal/pro/threads/{foreign}/close", data={"csrf": csrf_of(page.text)}).status_code == 404
+        assert (
+            browser.post(f"/portal/pro/threads/{foreign}/close", data={"csrf": csrf_of(page.text)}).status_code == 404
+        )
 
 
 def test_switching_messaging_off_hides_the_practitioner_from_new_threads(site: Site) -> None:
@@ -139,8 +159,12 @@ def test_switching_messaging_off_hides_the_practitioner_from_new_threads(site: S
     patient = site.client()
     site.sign_in(patient, site.world.patient_a)
     assert "Dr Alpha" not in patient.get("/portal/new").text
-    answer = site.post_form(patient, "/portal/new", "/portal/threads",
-                            {"practitioner": site.world.doctor_id, "subject": "Q", "body": "Bonjour"})
+    answer = site.post_form(
+        patient,
+        "/portal/new",
+        "/portal/threads",
+        {"practitioner": site.world.doctor_id, "subject": "Q", "body": "Bonjour"},
+    )
     assert answer.status_code == 422
     on = browser.post("/portal/pro/messaging", data={"csrf": csrf_of(page.text), "enabled": "on"})
     assert on.status_code == 303
@@ -162,15 +186,25 @@ def test_held_sms_are_triaged_into_a_thread(site: Site) -> None:
     keys = site.gw.keys
     with site.gw.transaction() as s:
         patient = s.get(Patient, site.world.patient_a)
-        phone = s.scalar(select(ContactPoint).where(ContactPoint.patient_id == patient.id, ContactPoint.kind == "phone"))
-        item = held.hold(s, keys, practice_id=site.world.practice_id, patient=patient, contact_id=phone.id,  # type: ignore[union-attr]
-                         message_sid="SM" + "1" * 32, body="Held SMS text")
+        phone = s.scalar(
+            select(ContactPoint).where(ContactPoint.patient_id == patient.id, ContactPoint.kind == "phone")
+        )
+        item = held.hold(
+            s,
+            keys,
+            practice_id=site.world.practice_id,
+            patient=patient,
+            contact_id=phone.id,  # type: ignore[union-attr]
+            message_sid="SM" + "1" * 32,
+            body="Held SMS text",
+        )
         held_id = item.id
     browser = site.doctor()
     inbox = browser.get("/portal/pro/")
     assert "Held SMS text" in inbox.text and f"/portal/pro/held/{held_id}/file" in inbox.text
-    answer = browser.post(f"/portal/pro/held/{held_id}/file", data={"csrf": csrf_of(inbox.text),
-                                                                      "thread": site.world.thread_a})
+    answer = browser.post(
+        f"/portal/pro/held/{held_id}/file", data={"csrf": csrf_of(inbox.text), "thread": site.world.thread_a}
+    )
     assert answer.status_code == 303 and answer.headers["location"] == f"/portal/pro/threads/{site.world.thread_a}"
     assert "Held SMS text" in browser.get(answer.headers["location"]).text
     assert "Held SMS text" not in browser.get("/portal/pro/").text
