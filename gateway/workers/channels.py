@@ -45,6 +45,11 @@ def deliverable(contact: ContactPoint, *, pinned: bool = False) -> bool:
 
 def choose_routes(session: Session, row: OutboxRow, *, sms_possible: bool = True) -> list[Route]:
     """The routes to try for `row`, best first; empty when the notice can go nowhere."""
+    return [route for route, _ in route_contacts(session, row, sms_possible=sms_possible)]
+
+
+def route_contacts(session: Session, row: OutboxRow, *, sms_possible: bool = True) -> list[tuple[Route, ContactPoint]]:
+    """`choose_routes` with each route's contact row, for the caller that reveals the address next."""
     spec = KINDS.get(row.kind)
     if spec is None:
         return []
@@ -54,7 +59,7 @@ def choose_routes(session: Session, row: OutboxRow, *, sms_possible: bool = True
         if contact is None or not _belongs(contact, row) or not deliverable(contact, pinned=True):
             return []
         channel = CHANNEL_OF[contact.kind]
-        return [Route(channel, contact.id)] if channel in allowed else []
+        return [(Route(channel, contact.id), contact)] if channel in allowed else []
     owner = (
         ContactPoint.patient_id == row.patient_id
         if row.patient_id is not None
@@ -63,11 +68,11 @@ def choose_routes(session: Session, row: OutboxRow, *, sms_possible: bool = True
     contacts = session.scalars(
         select(ContactPoint).where(owner).order_by(ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
     )
-    best: dict[Channel, Route] = {}
+    best: dict[Channel, tuple[Route, ContactPoint]] = {}
     for contact in contacts:
         channel = CHANNEL_OF.get(contact.kind)
         if channel in allowed and channel not in best and deliverable(contact):
-            best[channel] = Route(channel, contact.id)
+            best[channel] = (Route(channel, contact.id), contact)
     order: list[Channel] = ["email", "sms"]
     if row.channel in best:
         order.sort(key=lambda c: c != row.channel)

@@ -29,29 +29,25 @@ def covering_notice(session: Session, row: OutboxRow, *, now: datetime, window: 
         if row.patient_id is not None
         else OutboxRow.practitioner_id == row.practitioner_id,
     )
-    # Creation order settles which of two concurrent notices goes out: the earlier one, always.
-    earlier = session.scalar(
-        select(OutboxRow.id)
-        .where(
+    # One query for both rules; a thread holds few notices that are in flight or recently sent.
+    candidates = session.execute(
+        select(OutboxRow.id, OutboxRow.state, OutboxRow.created_at, OutboxRow.sent_at).where(
             *same,
-            OutboxRow.state.in_(IN_FLIGHT),
             or_(
-                OutboxRow.created_at < row.created_at,
-                and_(OutboxRow.created_at == row.created_at, OutboxRow.id < row.id),
+                OutboxRow.state.in_(IN_FLIGHT),
+                and_(OutboxRow.state.in_(SENT), OutboxRow.sent_at > now - window),
             ),
         )
-        .limit(1)
-    )
-    if earlier is not None:
-        return earlier
-    last = session.execute(
-        select(OutboxRow.id, OutboxRow.sent_at)
-        .where(*same, OutboxRow.state.in_(SENT), OutboxRow.sent_at > now - window)
-        .order_by(OutboxRow.sent_at.desc())
-        .limit(1)
-    ).first()
-    if last is None or last.sent_at is None:
+    ).all()
+    # Creation order settles which of two concurrent notices goes out: the earlier one, always.
+    mine = (row.created_at, row.id)
+    earlier = [c.id for c in candidates if c.state in IN_FLIGHT and (c.created_at, c.id) < mine]
+    if earlier:
+        return earlier[0]
+    sent = [c for c in candidates if c.state in SENT and c.sent_at is not None]
+    if not sent:
         return None
+    last = max(sent, key=lambda c: c.sent_at)
     return None if came_back(session, row, since=last.sent_at) else last.id
 
 

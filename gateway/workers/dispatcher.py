@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.app import Gateway
 from gateway.db.tables import OutboxRow
 from gateway.logs import get_logger
+from gateway.workers.writes import writing
 
 log = get_logger("gateway.workers.dispatcher")
 
@@ -104,14 +105,14 @@ class Dispatcher:
     def tick(self) -> int:
         """Claim and enqueue one batch; returns how many rows were handed out."""
         now = datetime.now(timezone.utc)
-        with self.gw.transaction() as session:
+        with writing(self.gw) as session:
             ids = claim_due(session, now=now, lease=self._lease)
         for done, row_id in enumerate(ids):
             try:
                 self._enqueue(row_id)
             except Exception as exc:  # noqa: BLE001 - broker down: give the rest back rather than wait a lease
                 log.error("outbox.enqueue_failed", rows=len(ids) - done, error=type(exc).__name__)
-                with self.gw.transaction() as session:
+                with writing(self.gw) as session:
                     release(session, ids[done:])
                 return done
         return len(ids)

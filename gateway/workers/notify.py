@@ -12,13 +12,13 @@ contact (bouncing, opted out, unreachable) and falls back to the recipient's oth
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
 from typing import Final
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway import links
@@ -37,9 +37,10 @@ from gateway.logs import get_logger
 from gateway.metrics import NOTICE_SECONDS, NOTICES
 from gateway.notices import LOCALES, NoticeContext, RenderedNotice, render
 from gateway.threads.service import original_aad, thread_key, thread_reply_address
-from gateway.workers.channels import Route, choose_routes, mark_contact
+from gateway.workers.channels import Route, mark_contact, route_contacts
 from gateway.workers.coalesce import covering_notice
 from gateway.workers.senders import LoopThread, Senders
+from gateway.workers.writes import writing
 
 log = get_logger("gateway.workers.notify")
 
@@ -71,6 +72,34 @@ class Attempt:
 
     route: Route
     to: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the read transaction found: whether the row is settled without sending, else how to send it."""
+
+    kind: str
+    patient_id: str | None
+    practitioner_id: str | None
+    thread_id: str | None
+    contact_id: str | None
+    covered_by: str | None = None
+    fail: str | None = None
+    practice_name: str = ""
+    locale: str = "fr"
+    thread_code: str | None = None
+    attempts: tuple[Attempt, ...] = ()
+    reply_to: str | None = field(default=None, repr=False)
+    in_reply_to: str | None = field(default=None, repr=False)
+    sms_from: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    attempts: int
+    created_at: datetime
+    login_url: str | None = field(repr=False)
+    code: str | None = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -106,112 +135,156 @@ class Notifier:
             log.error("notice.error", row=row_id, error=type(exc).__name__)
 
     def deliver(self, row_id: str) -> str | None:
-        """Send the notice of a claimed (`queued`) row; returns the row's new state, None if it was not ours."""
-        keys = self.gw.keys  # loaded before the write transaction (SQLite: it opens its own read session)
+        """Send the notice of a claimed (`queued`) row; returns the row's new state, None if it was not ours.
+
+        Everything that only reads (coalescing, routes, addresses) happens in a read transaction; the write
+        transaction that claims the row and issues its link is kept short, since SQLite has one writer."""
+        keys = self.gw.keys  # loaded before any transaction (SQLite: it opens its own read session)
         now = datetime.now(timezone.utc)
-        with self.gw.transaction() as session:
-            outcome = self._prepare(session, keys, row_id, now)
-        if not isinstance(outcome, Plan):
-            return outcome
-        return self._send(outcome)
-
-    # -- one transaction: claim, coalesce, choose routes, issue the link, render --
-
-    def _prepare(self, session: Session, keys, row_id: str, now: datetime) -> Plan | str | None:  # type: ignore[no-untyped-def]
-        lease = timedelta(seconds=self.settings.notice_lease_seconds)
-        claimed = session.execute(
-            update(OutboxRow)
-            .where(
-                OutboxRow.id == row_id,
-                or_(
-                    OutboxRow.state == "queued",
-                    and_(OutboxRow.state == "sending", OutboxRow.claimed_at < now - lease),
-                ),
-            )
-            .values(state="sending", claimed_at=now, attempts=OutboxRow.attempts + 1)
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:
+        with self.gw.readers() as session:
+            look = self._look(session, keys, row_id, now)
+        if look is None:
             return None
-        row = session.get(OutboxRow, row_id)
-        assert row is not None
+        with writing(self.gw) as session:
+            claimed = self._claim(session, row_id, now, look)
+        if not isinstance(claimed, Claimed):
+            return claimed
+        plan = self._plan(row_id, look, claimed)
+        return self._send(plan) if isinstance(plan, Plan) else plan
+
+    # -- reads: whether to send, where, and with which addresses --
+
+    def _look(self, session: Session, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
+        # The row, its recipient, their practice and the thread, in one query.
+        found = session.execute(
+            select(OutboxRow, Patient, Practitioner, Practice, Thread)
+            .outerjoin(Patient, Patient.id == OutboxRow.patient_id)
+            .outerjoin(Practitioner, Practitioner.id == OutboxRow.practitioner_id)
+            .outerjoin(Practice, Practice.id == func.coalesce(Patient.practice_id, Practitioner.practice_id))
+            .outerjoin(Thread, Thread.id == OutboxRow.thread_id)
+            .where(OutboxRow.id == row_id)
+        ).one_or_none()
+        if found is None:
+            return None
+        row, patient, practitioner, practice, thread = found
+        if not self._claimable(row.state, row.claimed_at, now):
+            return None
+        base = Look(row.kind, row.patient_id, row.practitioner_id, row.thread_id, row.contact_id)
         covered_by = covering_notice(
             session, row, now=now, window=timedelta(minutes=self.settings.notice_coalesce_minutes)
         )
         if covered_by is not None:
-            row.state, row.claimed_at = "coalesced", None
-            NOTICES.labels("none", "coalesced").inc()
-            log.info("notice.coalesced", row=row.id, kind=row.kind, covered_by=covered_by)
-            return "coalesced"
-
+            return replace(base, covered_by=covered_by)
         if row.patient_id is not None:
-            patient = session.get(Patient, row.patient_id)
             if patient is None or patient.erased_at is not None:
-                return self._fail_now(row, "erased")
-            party, practice_id = "patient", patient.practice_id
+                return replace(base, fail="erased")
+            party = "patient"
             locale = patient.locale if patient.locale in LOCALES else self.settings.default_locale
         else:
-            practitioner = session.get(Practitioner, row.practitioner_id)
             if practitioner is None:
-                return self._fail_now(row, "no-recipient")
-            party, practice_id, locale = "practitioner", practitioner.practice_id, self.settings.default_locale
-        practice = session.get(Practice, practice_id)
+                return replace(base, fail="no-recipient")
+            party, locale = "practitioner", self.settings.default_locale
         assert practice is not None
         sms_possible = not self.senders.twilio or practice.sms_number is not None
-        routes = choose_routes(session, row, sms_possible=sms_possible)
+        routes = route_contacts(session, row, sms_possible=sms_possible)
         if not routes:
-            return self._fail_now(row, "no-contact")
-        thread = session.get(Thread, row.thread_id) if row.thread_id else None
-
-        login_url, code = self._issue_token(session, row, now)
-        try:
-            rendered = render(
-                row.kind,
-                NoticeContext(
-                    practice_name=practice.display_name,
-                    locale=locale,  # type: ignore[arg-type]
-                    login_url=login_url,
-                    thread_code=thread.code if thread is not None else None,
-                    code=code,
-                    emergency_numbers=self.settings.emergency_numbers,
-                ),
-                public_url=self.settings.resolved_public_url,
-            )
-        except ValueError:
-            return self._fail_now(row, "render")
-        attempts = []
-        for route in routes:
-            contact = session.get(ContactPoint, route.contact_id)
-            assert contact is not None
-            attempts.append(Attempt(route, reveal(session, keys, contact)))
-        return Plan(
-            row_id=row.id,
-            kind=row.kind,
-            created_at=row.created_at,
-            attempts=row.attempts,
-            attempts_left=tuple(attempts),
-            rendered=rendered,
+            return replace(base, fail="no-contact")
+        return replace(
+            base,
+            practice_name=practice.display_name,
+            locale=locale,
+            thread_code=thread.code if thread is not None else None,
+            attempts=tuple(Attempt(route, reveal(session, keys, contact)) for route, contact in routes),
             reply_to=thread_reply_address(keys, thread, party, self.settings.mail_domain) if thread else None,
             in_reply_to=self._answered_message_id(session, keys, row, thread) if row.kind == "acknowledgement" else None,
             sms_from=practice.sms_number or "",
         )
 
-    def _issue_token(self, session: Session, row: OutboxRow, now: datetime) -> tuple[str | None, str | None]:
+    def _claimable(self, state: str, claimed_at: datetime | None, now: datetime) -> bool:
+        lease = timedelta(seconds=self.settings.notice_lease_seconds)
+        return state == "queued" or (state == "sending" and claimed_at is not None and claimed_at < now - lease)
+
+    # -- one short write: claim the row (or settle it) and issue its link; rendering waits for the commit --
+
+    def _claim(self, session: Session, row_id: str, now: datetime, look: Look) -> Claimed | str | None:
+        lease = timedelta(seconds=self.settings.notice_lease_seconds)
+        claimable = (
+            OutboxRow.id == row_id,
+            or_(OutboxRow.state == "queued", and_(OutboxRow.state == "sending", OutboxRow.claimed_at < now - lease)),
+        )
+        if look.covered_by is not None or look.fail is not None:
+            state = "coalesced" if look.covered_by is not None else "failed"
+            done = session.execute(
+                update(OutboxRow)
+                .where(*claimable)
+                .values(state=state, claimed_at=None, error_code=look.fail, attempts=OutboxRow.attempts + 1)
+                .execution_options(synchronize_session=False)
+            )
+            if done.rowcount != 1:
+                return None
+            NOTICES.labels("none", state).inc()
+            if state == "coalesced":
+                log.info("notice.coalesced", row=row_id, kind=look.kind, covered_by=look.covered_by)
+            else:
+                log.warning("notice.failed", row=row_id, kind=look.kind, code=look.fail)
+            return state
+        claimed = session.execute(
+            update(OutboxRow)
+            .where(*claimable)
+            .values(state="sending", claimed_at=now, attempts=OutboxRow.attempts + 1)
+            .returning(OutboxRow.attempts, OutboxRow.created_at)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if claimed is None:
+            return None
+        login_url, code = self._issue_token(session, look)
+        return Claimed(claimed.attempts, claimed.created_at, login_url, code)
+
+    def _plan(self, row_id: str, look: Look, claimed: Claimed) -> Plan | str:
+        """Render the notice (outside any transaction); a notice that cannot be written fails here."""
+        try:
+            rendered = render(
+                look.kind,
+                NoticeContext(
+                    practice_name=look.practice_name,
+                    locale=look.locale,  # type: ignore[arg-type]
+                    login_url=claimed.login_url,
+                    thread_code=look.thread_code,
+                    code=claimed.code,
+                    emergency_numbers=self.settings.emergency_numbers,
+                ),
+                public_url=self.settings.resolved_public_url,
+            )
+        except ValueError:
+            return self._finish_now(row_id, look.kind, "render")
+        return Plan(
+            row_id=row_id,
+            kind=look.kind,
+            created_at=claimed.created_at,
+            attempts=claimed.attempts,
+            attempts_left=look.attempts,
+            rendered=rendered,
+            reply_to=look.reply_to,
+            in_reply_to=look.in_reply_to,
+            sms_from=look.sms_from,
+        )
+
+    def _issue_token(self, session: Session, look: Look) -> tuple[str | None, str | None]:
         # Issued at send time: the raw token exists only in this notice, never in the outbox or a log.
-        owner = {"patient_id": row.patient_id, "practitioner_id": row.practitioner_id}
-        purpose = LINK_PURPOSE.get(row.kind)
+        owner = {"patient_id": look.patient_id, "practitioner_id": look.practitioner_id}
+        purpose = LINK_PURPOSE.get(look.kind)
         if purpose is not None:
             issued = links.issue(
                 session,
                 purpose,
                 ttl=timedelta(hours=self.settings.login_link_ttl_hours),
-                contact_id=row.contact_id,
-                thread_id=row.thread_id,
+                contact_id=look.contact_id,
+                thread_id=look.thread_id,
                 **owner,
             )
             return f"{self.settings.resolved_public_url}/l/{issued.token}", None
-        if row.kind in CODE_KINDS:
-            issued = links.issue(session, "code", ttl=CODE_TTL, contact_id=row.contact_id, digits=6, **owner)
+        if look.kind in CODE_KINDS:
+            issued = links.issue(session, "code", ttl=CODE_TTL, contact_id=look.contact_id, digits=6, **owner)
             return None, issued.token
         return None, None
 
@@ -228,10 +301,16 @@ class Notifier:
         text = str(value or "").strip()
         return text if text.startswith("<") and text.endswith(">") and "@" in text and " " not in text else None
 
-    def _fail_now(self, row: OutboxRow, code: str) -> str:
-        row.state, row.error_code, row.claimed_at = "failed", code, None
+    def _finish_now(self, row_id: str, kind: str, code: str) -> str:
+        with writing(self.gw) as session:
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row_id, OutboxRow.state.not_in(FINISHED))
+                .values(state="failed", error_code=code, claimed_at=None)
+                .execution_options(synchronize_session=False)
+            )
         NOTICES.labels("none", "failed").inc()
-        log.warning("notice.failed", row=row.id, kind=row.kind, code=code)
+        log.warning("notice.failed", row=row_id, kind=kind, code=code)
         return "failed"
 
     # -- outside any transaction: the provider calls, then one short transaction per outcome --
@@ -304,7 +383,7 @@ class Notifier:
                             metric_state="retry")
 
     def _refused(self, plan: Plan, attempt: Attempt, code: str) -> None:
-        with self.gw.transaction() as session:
+        with writing(self.gw) as session:
             contact = session.get(ContactPoint, attempt.route.contact_id)
             marked = mark_contact(contact, code) if contact is not None else None
             if marked is not None:
@@ -316,7 +395,7 @@ class Notifier:
     def _finish(self, plan: Plan, state: str, *, metric_channel: str, metric_state: str | None = None,
                 **values: object) -> str:
         """Write the outcome unless the row already reached a final state (a duplicate run finished first)."""
-        with self.gw.transaction() as session:
+        with writing(self.gw) as session:
             session.execute(
                 update(OutboxRow)
                 .where(OutboxRow.id == plan.row_id, OutboxRow.state.not_in(FINISHED))

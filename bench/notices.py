@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Outbound notice throughput: a message posted -> its notice accepted by a loopback SMTP sink, through
+the whole path (outbox row, dispatcher, dramatiq, coalescing check, link issued, render, relay send,
+outcome recorded), with the in-process (embedded) broker and with Redis. In the same run, on the same
+broker and sink, the bare rate of dramatiq with an actor that only sends one fixed message. Prints
+notices/s for both, their ratio, and the post -> delivery latency percentiles, both at saturation and at a
+paced rate (what a patient waits for on a normal day). "outbox drain" times the notice path alone (messages
+posted first, then the workers start), which is what the bare actor is compared with; "end to end" posts
+and sends at once in the same process.
+
+    .venv/bin/python bench/notices.py [-n 400] [--paced 120 --rate 20] [--threads 8] [--redis redis://127.0.0.1:6379/0]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+from aiosmtpd.controller import Controller
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.app import Gateway  # noqa: E402
+from gateway.config import Settings  # noqa: E402
+from gateway.delivery import RelayEmailSender, build_notice_email  # noqa: E402
+from gateway.directory.patients import add_care, add_patient  # noqa: E402
+from gateway.logs import configure  # noqa: E402
+from gateway.directory.practices import add_practice, add_practitioner  # noqa: E402
+from gateway.notices import NoticeContext, render  # noqa: E402
+from gateway.threads.service import get_thread, open_thread, post_message  # noqa: E402
+from gateway.workers.broker import make_broker  # noqa: E402
+from gateway.workers.senders import LoopThread  # noqa: E402
+from gateway.workers.service import NoticeService  # noqa: E402
+
+DOMAIN = "bench.example"
+PUBLIC_URL = "https://portal.bench.example"
+BODY = "Bonjour, vos résultats sont disponibles. Rien d'inquiétant, nous en parlerons au prochain rendez-vous.\n"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sink:
+    """A loopback SMTP server that notes when each recipient's message was accepted."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: dict[str, float] = {}
+        self.count = 0
+        self._lock = threading.Lock()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        now = time.perf_counter()
+        with self._lock:
+            for rcpt in envelope.rcpt_tos:
+                self.received.setdefault(rcpt, now)
+            self.count += 1
+        return "250 2.0.0 OK"
+
+    def wait(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {self.count} of {n} messages arrived in {timeout:.0f} s")
+            time.sleep(0.005)
+
+
+@dataclass(frozen=True)
+class Result:
+    label: str
+    n: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+    def pct(self, p: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def make_gateway(data_dir: Path, sink: Sink, broker_url: str, namespace: str, threads: int, database_url: str) -> Gateway:
+    settings = Settings(
+        data_dir=data_dir, database_url=database_url, broker_url=broker_url, broker_namespace=namespace,
+        mail_domain=DOMAIN, public_url=PUBLIC_URL, outbound_smtp_url=f"smtp://127.0.0.1:{sink.port}",  # type: ignore[arg-type]
+        notice_poll_seconds=0.25, worker_threads=threads, log_level="WARNING",
+    )
+    gw = Gateway(settings)
+    gw.init()
+    keys = gw.keys
+    with gw.transaction() as s:
+        add_practice(s, slug="bench", name="Cabinet du Parc")
+        s.flush()
+        add_practitioner(s, keys, practice_slug="bench", slug="dr-bench", name="Dr Bench", email="dr@bench.example")
+    return gw
+
+
+def make_threads(gw: Gateway, n: int, prefix: str) -> list[tuple[str, str]]:
+    """`n` patients, each with a verified email and one open thread: (thread id, address). Distinct
+    recipients, so no notice is coalesced and every post costs one notice."""
+    keys = gw.keys
+    out: list[tuple[str, str]] = []
+    with gw.transaction() as s:
+        for i in range(n):
+            address = f"{prefix}{i}@patient.example"
+            patient = add_patient(s, keys, practice_slug="bench", name=f"Patient {i}", email=address, verified=True)
+            s.flush()
+            add_care(s, patient_id=patient.id, practitioner_slug="dr-bench")
+            s.flush()
+            thread = open_thread(s, keys, patient_id=patient.id, practitioner_slug="dr-bench", subject="Résultats")
+            out.append((thread.id, address))
+    return out
+
+
+def post(gw: Gateway, thread_id: str) -> None:
+    keys = gw.keys
+    with gw.transaction() as s:
+        post_message(s, keys, get_thread(s, thread_id), author="practitioner", channel="portal", body=BODY)
+
+
+def whole_path(gw: Gateway, sink: Sink, label: str, n: int, paced: int, rate: float, timeout: float) -> list[Result]:
+    drain = make_threads(gw, n, f"d{uuid.uuid4().hex[:6]}-")
+    saturate = make_threads(gw, n, f"s{uuid.uuid4().hex[:6]}-")
+    calm = make_threads(gw, paced, f"p{uuid.uuid4().hex[:6]}-")
+    results = []
+
+    # 1. The notice path alone: n messages already posted, then the workers start (what bare dramatiq does).
+    posted: dict[str, float] = {}
+    for thread_id, address in drain:
+        post(gw, thread_id)
+        posted[address] = time.perf_counter()
+    base = sink.count
+    start = time.perf_counter()
+    service = NoticeService(gw, worker=True).start()
+    try:
+        sink.wait(base + n, timeout)
+        results.append(Result(f"{label} outbox drain", n, max(sink.received[a] for a in posted) - start,
+                              [sink.received[a] - start for a in posted]))
+
+        # 2. End to end at saturation: posting (same process) and sending compete for the same cores.
+        base = sink.count
+        posted = {}
+        start = time.perf_counter()
+        for thread_id, address in saturate:
+            post(gw, thread_id)
+            posted[address] = time.perf_counter()
+        sink.wait(base + n, timeout)
+        results.append(Result(f"{label} end to end", n, max(sink.received[a] for a in posted) - start,
+                              [sink.received[a] - t for a, t in posted.items()]))
+
+        # 3. A normal day: posts at a steady rate well below capacity; the latency a recipient sees.
+        base = sink.count
+        posted = {}
+        start = time.perf_counter()
+        for i, (thread_id, address) in enumerate(calm):
+            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            post(gw, thread_id)
+            posted[address] = time.perf_counter()
+        sink.wait(base + paced, timeout)
+        results.append(Result(f"{label} paced {rate:g}/s", paced, max(sink.received[a] for a in posted) - start,
+                              [sink.received[a] - t for a, t in posted.items()]))
+        return results
+    finally:
+        service.stop()
+
+
+def bare_dramatiq(sink: Sink, broker_url: str, namespace: str, threads: int, n: int, timeout: float) -> Result:
+    """dramatiq on the same broker kind: an actor that only sends one prebuilt message to the same sink."""
+    settings = Settings(data_dir=Path("/nonexistent"), broker_url=broker_url, broker_namespace=namespace + "-bare")
+    broker = make_broker(settings)
+    loop = LoopThread()
+    sender = RelayEmailSender(f"smtp://127.0.0.1:{sink.port}")
+    rendered = render("new_message", NoticeContext(practice_name="Cabinet du Parc", locale="fr",
+                                                   login_url=PUBLIC_URL + "/l/" + "k" * 43), public_url=PUBLIC_URL)
+    fixed = build_notice_email(rendered, to="bare@patient.example", sender=f"notifications@{DOMAIN}",
+                               reply_to=f"r-x@{DOMAIN}", message_id_domain=DOMAIN, auto_submitted="auto-generated")
+
+    def send_fixed(i: int) -> None:
+        loop.run(sender.send(fixed, mail_from=f"notifications@{DOMAIN}", to=f"bare-{namespace}-{i}@patient.example"),
+                 timeout=60)
+
+    actor = dramatiq.Actor(send_fixed, broker=broker, actor_name="bench_bare", queue_name=f"{namespace}-bare.q",
+                           priority=0, options={"max_retries": 0})
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=250)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        base = sink.count
+        start = time.perf_counter()
+        enqueued: dict[str, float] = {}
+        for i in range(n):
+            actor.send(i)
+            enqueued[f"bare-{namespace}-{i}@patient.example"] = time.perf_counter()
+        sink.wait(base + n, timeout)
+        seconds = max(sink.received[a] for a in enqueued) - start
+        return Result("bare dramatiq", n, seconds, [sink.received[a] - t for a, t in enqueued.items()])
+    finally:
+        worker.stop(timeout=30_000)
+        loop.close()
+        broker.close()
+
+
+def cleanup_redis(url: str, namespace: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(f"{namespace}*"):
+        client.delete(key)
+    client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=400, help="notices at saturation (default 400)")
+    parser.add_argument("--paced", type=int, default=120, help="notices at the paced rate (default 120)")
+    parser.add_argument("--rate", type=float, default=20.0, help="paced posts per second (default 20)")
+    parser.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL; empty to skip")
+    parser.add_argument("--database-url", default="", help="default: a SQLite file in a temporary data dir")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+
+    configure("WARNING")
+    sink = Sink()
+    sink.controller.start()
+    rows: list[tuple[str, list[Result], Result]] = []
+    try:
+        for label, url in (("in-process", ""), ("redis", args.redis)):
+            if label == "redis" and not url:
+                continue
+            namespace = f"gwbench-{uuid.uuid4().hex[:8]}"
+            with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
+                gw = make_gateway(Path(tmp), sink, url, namespace, args.threads, args.database_url)
+                try:
+                    whole = whole_path(gw, sink, label, args.n, args.paced, args.rate, args.timeout)
+                finally:
+                    gw.close()
+            bare = bare_dramatiq(sink, url, namespace, args.threads, args.n, args.timeout)
+            if url:
+                cleanup_redis(url, namespace)
+            rows.append((label, whole, bare))
+    finally:
+        sink.controller.stop()
+
+    print(f"\nnotices: {args.n} per saturated run, {args.paced} paced at {args.rate:g}/s; {args.threads} worker threads;"
+          f" database: {args.database_url.split(':')[0] if args.database_url else 'sqlite'}")
+    print(f"{'run':<32} {'notices/s':>10} {'p50 s':>8} {'p99 s':>8}")
+    for label, whole, bare in rows:
+        for r in (*whole, bare):
+            name = r.label if r is not bare else f"{label} bare dramatiq"
+            print(f"{name:<32} {r.rate:>10.1f} {r.pct(50):>8.3f} {r.pct(99):>8.3f}")
+        drain, end_to_end = whole[0], whole[1]
+        print(f"{label + ' ratio drain/bare':<32} {drain.rate / bare.rate:>10.2f}")
+        print(f"{label + ' ratio end-to-end/bare':<32} {end_to_end.rate / bare.rate:>10.2f}")
+    print()
+
+if __name__ == "__main__":
+    main()
