@@ -60,5 +60,10 @@ def came_back(session: Session, row: OutboxRow, *, since: datetime) -> bool:
     spent = session.scalar(select(LoginToken.id).where(owner, LoginToken.used_at >= since).limit(1))
     if spent is not None:
         return True
-    seen = session.scalar(select(AuditEvent.id).where(AuditEvent.actor == actor, AuditEvent.at >= since).limit(1))
+    # A failed login attempt (or a failed second factor) is not coming back to read.
+    seen = session.scalar(
+        select(AuditEvent.id)
+        .where(AuditEvent.actor == actor, AuditEvent.at >= since, AuditEvent.action.not_like("%failed"))
+        .limit(1)
+    )
     return seen is not None

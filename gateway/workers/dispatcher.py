@@ -89,9 +89,18 @@ def release(session: Session, ids: list[str]) -> None:
 class Dispatcher:
     """A thread that claims due rows every `poll` seconds, or at once when woken by a commit that wrote one."""
 
-    def __init__(self, gw: Gateway, enqueue: Callable[[str], object], *, poll: float | None = None) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        enqueue: Callable[[str], object],
+        *,
+        poll: float | None = None,
+        capacity: Callable[[], int] | None = None,
+    ) -> None:
         self.gw = gw
         self._enqueue = enqueue
+        # How many more rows the consumers can take now (the in-memory broker); None: no limit known.
+        self._capacity = capacity
         self._poll = poll if poll is not None else gw.settings.notice_poll_seconds
         self._lease = timedelta(seconds=gw.settings.notice_lease_seconds)
         self._wake = threading.Event()
@@ -104,9 +113,12 @@ class Dispatcher:
 
     def tick(self) -> int:
         """Claim and enqueue one batch; returns how many rows were handed out."""
+        limit = BATCH if self._capacity is None else min(BATCH, self._capacity())
+        if limit <= 0:
+            return 0
         now = datetime.now(timezone.utc)
         with writing(self.gw) as session:
-            ids = claim_due(session, now=now, lease=self._lease)
+            ids = claim_due(session, now=now, lease=self._lease, limit=limit)
         for done, row_id in enumerate(ids):
             try:
                 self._enqueue(row_id)
@@ -138,7 +150,7 @@ class Dispatcher:
                 log.error("outbox.dispatch_failed", error=type(exc).__name__)
                 handed = 0
             if handed >= BATCH:
-                continue  # a backlog: take the next batch at once
+                continue  # a backlog, and room for it: take the next batch at once
             self._wake.wait(self._poll)
             self._wake.clear()
 

@@ -37,21 +37,26 @@ class NoticeService:
         self.broker = make_broker(gw.settings)
         self.notifier = Notifier(gw, make_senders(gw.settings)) if worker else None
         self.actor = bind_notify(self.broker, gw.settings, self._run if worker else _not_here)
-        self.dispatcher = Dispatcher(gw, self._enqueue) if dispatcher else None
-        self.worker = (
-            dramatiq.Worker(self.broker, worker_threads=threads or gw.settings.worker_threads, worker_timeout=250)
-            if worker
-            else None
-        )
-        # Embedded only: rows handed to the in-memory broker and not yet run, given back when stopping.
+        threads = threads or gw.settings.worker_threads
+        # Embedded only: rows handed to the in-memory broker and not yet run, given back when stopping. Their
+        # number is capped, so a backlog waits in the outbox (durable, in order) rather than in memory.
         self._outstanding: set[str] = set()
         self._lock = threading.Lock()
+        self._room = threads * 4
+        self.dispatcher = (
+            Dispatcher(gw, self._enqueue, capacity=self._capacity if self.embedded else None) if dispatcher else None
+        )
+        self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=250) if worker else None
 
     def _enqueue(self, row_id: str) -> None:
         if self.embedded:
             with self._lock:
                 self._outstanding.add(row_id)
         self.actor.send(row_id)
+
+    def _capacity(self) -> int:
+        with self._lock:
+            return self._room - len(self._outstanding)
 
     def _run(self, row_id: str) -> None:
         assert self.notifier is not None
@@ -61,6 +66,9 @@ class NoticeService:
             if self.embedded:
                 with self._lock:
                     self._outstanding.discard(row_id)
+                    low = len(self._outstanding) <= self._room // 2
+                if low and self.dispatcher is not None:
+                    self.dispatcher.wake()
 
     def health(self) -> Callable[[], None]:
         if not self.embedded:

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from gateway import links
 from gateway.app import Gateway
+from gateway.audit import record
 from gateway.db.tables import AuditEvent, ContactPoint, OutboxRow
 from gateway.outbox import add_notice
 from gateway.threads.service import get_thread, thread_reply_address
@@ -123,12 +124,24 @@ def test_one_notice_until_the_recipient_comes_back(
     assert len(sink.messages) == 1
     post(gw, world, "practitioner")
     assert drain(gw, notifier) == ["coalesced"]
-    # The other side of the thread has its own notices.
+    # A failed login is not a visit.
+    with gw.transaction() as s:
+        record(s, f"patient:{world.patient_id}", "session.login_failed", "patient", world.patient_id)
+    post(gw, world, "practitioner")
+    assert drain(gw, notifier) == ["coalesced"]
+    # The other side of the thread has its own notices; a practitioner's audited visit counts as reading.
+    post(gw, world, "patient")
+    assert drain(gw, notifier) == ["sent"]
+    post(gw, world, "patient")
+    assert drain(gw, notifier) == ["coalesced"]
+    with gw.transaction() as s:
+        record(s, f"practitioner:{world.practitioner_id}", "session.login", "practitioner", world.practitioner_id)
     post(gw, world, "patient")
     assert drain(gw, notifier) == ["sent"]
 
     # The patient logs in with the link: the next message is notified again.
-    text, _ = email_texts(sink.messages[0].content)
+    (first_patient_notice,) = [m for m in sink.messages if m.rcpt_tos == (canaries["email"],)]
+    text, _ = email_texts(first_patient_notice.content)
     with gw.transaction() as s:
         assert links.spend(s, login_token(text), "login") is not None
     post(gw, world, "practitioner")
@@ -139,8 +152,8 @@ def test_one_notice_until_the_recipient_comes_back(
         s.execute(update(OutboxRow).where(OutboxRow.state == "sent").values(sent_at=datetime.now(timezone.utc) - timedelta(minutes=61)))
     post(gw, world, "practitioner")
     assert drain(gw, notifier) == ["sent"]
-    assert [r.state for r in rows(gw)].count("sent") == 4
-    assert len(sink.messages) == 4
+    assert [r.state for r in rows(gw)].count("sent") == 5
+    assert len(sink.messages) == 5
 
 
 def test_fallback_to_sms_after_a_5xx_and_the_address_marked_bouncing(
