@@ -143,6 +143,7 @@ def post_message(
         message.dedupe_source, message.dedupe_key = dedupe
     message.created_at = datetime.now(timezone.utc)
     session.add(message)
+    session.flush()  # the tables have no ORM relationships, so the unit of work needs the parent row first
     for item in attachments:
         att = Attachment(id=new_id(), message_id=message.id, content_type=item.content_type[:127], size=len(item.data))
         att.filename_ct = key.seal(item.filename, aad=attachment_aad(att.id, "filename", thread.id))
