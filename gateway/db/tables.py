@@ -293,4 +293,63 @@ class ThreadRead(Base):
     read_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class SmsInbound(Base):
+    """Every inbound SMS seen (Twilio's MessageSid) and what became of it: a retry of one stops here."""
+
+    __tablename__ = "sms_inbound"
+    message_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    practice_id: Mapped[str] = mapped_column(ForeignKey("practices.id"), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # stored | held | keyword | refused
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HeldSms(Base):
+    """An SMS from a verified patient that no rule routed to exactly one thread, sealed under that patient's
+    key until the practice files it into a thread."""
+
+    __tablename__ = "held_sms"
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    practice_id: Mapped[str] = mapped_column(ForeignKey("practices.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"), index=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contact_points.id"))
+    message_sid: Mapped[str] = mapped_column(String(64), unique=True)
+    body_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id"))  # where it was filed
+
+
+class HeldSmsMedia(Base):
+    __tablename__ = "held_sms_media"
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    held_id: Mapped[str] = mapped_column(ForeignKey("held_sms.id"), index=True)
+    filename_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    content_type: Mapped[str] = mapped_column(String(127))
+    size: Mapped[int] = mapped_column(Integer)
+    content_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SmsStatusEvent(Base):
+    """Twilio status callbacks received, one per (MessageSid, status): a repeated callback changes nothing."""
+
+    __tablename__ = "sms_status_events"
+    message_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    applied: Mapped[bool] = mapped_column(Boolean, default=False)  # False: no notice had that id yet
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TwilioMediaDeletion(Base):
+    """Inbound MMS media still to delete at Twilio (the resource path: ids only), retried until Twilio keeps no copy."""
+
+    __tablename__ = "twilio_media_deletions"
+    path: Mapped[str] = mapped_column(String(200), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 metadata = Base.metadata
