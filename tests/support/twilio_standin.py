@@ -7,6 +7,7 @@
 
 Every request needs HTTP basic auth `sid:token` (401 with error 20003 otherwise) and is recorded.
 `fail_next(n, status, code)` makes the next n API calls fail the way Twilio does.
+`sign`, `inbound_sms` and `status_callback` build the webhooks Twilio sends (signed with this account's token).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -24,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from twilio.request_validator import RequestValidator
 
 API_VERSION = "2010-04-01"
 _MESSAGES = re.compile(rf"/{API_VERSION}/Accounts/(?P<sid>AC\w+)/Messages\.json")
@@ -37,6 +39,11 @@ ERROR_MESSAGES = {
     21610: "Attempt to send to unsubscribed recipient",
     21614: "'To' number is not a valid mobile number",
 }
+
+
+def new_sid(prefix: str) -> str:
+    """A Twilio-shaped id: two letters and 32 hex digits ("SM…", "MM…", "ME…")."""
+    return prefix + secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,46 @@ class TwilioStandIn:
         with self._lock:
             self._media[(message_sid, media_sid)] = _Media(content, content_type)
         return self.media_url(message_sid, media_sid)
+
+    # -- webhooks Twilio would send to the gateway, signed with this account's auth token --
+
+    def sign(self, url: str, params: Mapping[str, str] | str, *, token: str | None = None) -> str:
+        """X-Twilio-Signature for a request to `url` (form fields, or a JSON body when the URL has bodySHA256)."""
+        validator = RequestValidator(token or self.auth_token)
+        return validator.compute_signature(url, {} if isinstance(params, str) else params)
+
+    def inbound_sms(
+        self,
+        *,
+        to: str,
+        from_: str,
+        body: str,
+        message_sid: str | None = None,
+        media: Sequence[tuple[bytes, str]] = (),
+    ) -> dict[str, str]:
+        """The form of an inbound SMS webhook, as Twilio posts it; `media` (content, type) pairs are served
+        here, at the MediaUrl{i} the form names."""
+        sid = message_sid or new_sid("MM" if media else "SM")
+        form = {
+            "ToCountry": "FR", "ToState": "", "SmsMessageSid": sid, "NumMedia": str(len(media)), "ToCity": "",
+            "FromZip": "", "SmsSid": sid, "FromState": "", "SmsStatus": "received", "FromCity": "", "Body": body,
+            "FromCountry": "FR", "To": to, "ToZip": "", "NumSegments": "1", "MessageSid": sid,
+            "AccountSid": self.account_sid, "From": from_, "ApiVersion": API_VERSION,
+        }
+        for i, (content, content_type) in enumerate(media):
+            form[f"MediaUrl{i}"] = self.add_media(sid, new_sid("ME"), content, content_type)
+            form[f"MediaContentType{i}"] = content_type
+        return form
+
+    def status_callback(self, message_sid: str, status: str, *, error_code: int | None = None) -> dict[str, str]:
+        """The form of a message status callback."""
+        form = {
+            "MessageSid": message_sid, "SmsSid": message_sid, "MessageStatus": status, "SmsStatus": status,
+            "AccountSid": self.account_sid, "ApiVersion": API_VERSION,
+        }
+        if error_code is not None:
+            form["ErrorCode"] = str(error_code)
+        return form
 
     # -- request handling, called from the server's threads --
 

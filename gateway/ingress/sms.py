@@ -1,0 +1,192 @@
+"""The Twilio webhooks: check the signature against the configured public URL, hand the form to the SMS
+pipeline in a worker thread, and answer with TwiML once everything is committed.
+
+    POST /webhooks/twilio/sms      inbound SMS / MMS    200 TwiML | 403 unsigned | 413 | 415 | 503 (retry)
+    POST /webhooks/twilio/status   delivery callbacks   200 TwiML | 403 unsigned | 413 | 415 | 503 (retry)
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, parse_qs
+
+import anyio
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from starlette.background import BackgroundTask
+from starlette.datastructures import ImmutableMultiDict
+from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
+from twilio.twiml.messaging_response import MessagingResponse
+
+from gateway.app import Gateway
+from gateway.config import Settings
+from gateway.intake.mms import delete_queued
+from gateway.intake.sms import SmsIntake, SmsResult
+from gateway.intake.sms_status import StatusIntake
+from gateway.logs import get_logger
+from gateway.metrics import MESSAGES_IN
+
+log = get_logger("gateway.ingress.sms")
+
+SMS_PATH: Final = "/webhooks/twilio/sms"
+STATUS_PATH: Final = "/webhooks/twilio/status"
+MAX_BODY_BYTES: Final = 64 * 1024  # an SMS webhook with ten media URLs is a few kilobytes
+MAX_FIELDS: Final = 200
+SMS_THREADS: Final = 4
+TWIML: Final = "text/xml"
+EMPTY_TWIML: Final = str(MessagingResponse())
+
+router = APIRouter(include_in_schema=False)
+T = TypeVar("T")
+
+
+class SignedForm(ImmutableMultiDict[str, str]):
+    """The webhook's fields. `getall` is what RequestValidator tries first: without it, every field costs
+    the validator an AttributeError, and the check takes twice as long."""
+
+    def getall(self, key: str) -> list[str]:
+        return self.getlist(key)
+
+
+class Signatures:
+    """Twilio's `RequestValidator` under the auth token and, during a rotation, the secondary one."""
+
+    def __init__(self, settings: Settings) -> None:
+        tokens = [t.get_secret_value() for t in (settings.twilio_auth_token, settings.twilio_auth_token_secondary) if t]
+        self._validators = [RequestValidator(token) for token in tokens if token]
+        self._public_url = settings.resolved_public_url
+
+    def url_for(self, path: str, query: str) -> str:
+        # What Twilio was configured to call: the public URL, never the Host header (wrong behind a proxy).
+        return self._public_url + path + ("?" + query if query else "")
+
+    def valid(self, url: str, params: Mapping[str, str] | str, signature: str, algorithm: str | None = None) -> bool:
+        if not signature:
+            return False
+        return any(v.validate(url, params, signature, algorithm) for v in self._validators)
+
+
+def setup(app: FastAPI, gw: Gateway) -> None:
+    app.state.sms_signatures = Signatures(gw.settings)
+    # The pipeline is Python bound by the GIL (and, on SQLite, by one writer): a few threads keep the
+    # CPU busy, and more only trade the GIL back and forth. Waiting requests queue on the event loop.
+    app.state.sms_threads = anyio.CapacityLimiter(SMS_THREADS)
+    app.state.sms_intake = SmsIntake(gw)
+    app.state.sms_status = StatusIntake(gw)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+async def signed_form(request: Request, path: str) -> SignedForm:
+    """The form of a request Twilio signed: url-encoded, or JSON with its `bodySHA256` in the signed URL."""
+    signatures: Signatures = request.app.state.sms_signatures
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _Refusal(413, "too-large")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _Refusal(413, "too-large")
+    query = request.url.query
+    url = signatures.url_for(path, query)
+    signature = request.headers.get(SIGNATURE_HEADER, "")
+    algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    text = raw.decode("utf-8", errors="replace")
+
+    if media_type == "application/json":
+        if "bodySHA256" not in parse_qs(query) or not signatures.valid(url, text, signature, algorithm):
+            raise _Refusal(403, "signature")
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise _Refusal(400, "malformed") from None
+        if not isinstance(document, dict):
+            raise _Refusal(400, "malformed")
+        return SignedForm([(str(k), _scalar(v)) for k, v in document.items() if _scalar(v) is not None])  # type: ignore[misc]
+
+    if media_type not in ("application/x-www-form-urlencoded", ""):
+        raise _Refusal(415, "media-type")
+    try:
+        # parse_qsl on the raw body: what request.form() returns, at a fraction of its cost.
+        form = SignedForm(parse_qsl(raw.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FIELDS))
+    except ValueError:
+        raise _Refusal(400, "malformed") from None
+    if not signatures.valid(url, form, signature, algorithm):
+        raise _Refusal(403, "signature")
+    return form
+
+
+def _scalar(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return None
+
+
+async def _handle(
+    request: Request, path: str, work: Callable[[SignedForm], T], *, counted: bool
+) -> tuple[T | None, Response | None]:
+    """(result, None), or (None, the error answer): every failure of the webhooks is answered here.
+    `counted`: failures count as inbound messages (the SMS webhook, not the status callbacks)."""
+    try:
+        form = await signed_form(request, path)
+    except _Refusal as refusal:
+        if counted and refusal.status == 403:
+            MESSAGES_IN.labels("sms", "forged").inc()
+        log.warning("webhook.refused", path=path, status=refusal.status, reason=refusal.reason)
+        return None, Response(status_code=refusal.status)
+    try:
+        return await anyio.to_thread.run_sync(work, form, limiter=request.app.state.sms_threads), None
+    except Exception as exc:  # noqa: BLE001 - the edge: any failure is a 503 so Twilio retries, and is logged without content
+        if counted:
+            MESSAGES_IN.labels("sms", "failed").inc()
+        log.error("webhook.failed", path=path, error=type(exc).__name__)
+        return None, Response(status_code=503, headers={"Retry-After": "5"})
+
+
+@router.post(SMS_PATH)
+async def inbound_sms(request: Request) -> Response:
+    intake: SmsIntake = request.app.state.sms_intake
+    result, failure = await _handle(request, SMS_PATH, intake.deliver, counted=True)
+    if failure is not None:
+        return failure
+    assert result is not None
+    return Response(_twiml(result), media_type=TWIML, background=_deletions(intake, result))
+
+
+@router.post(STATUS_PATH)
+async def status_callback(request: Request) -> Response:
+    intake: StatusIntake = request.app.state.sms_status
+    _, failure = await _handle(request, STATUS_PATH, intake.receive, counted=False)
+    return failure or Response(EMPTY_TWIML, media_type=TWIML)
+
+
+def _twiml(result: SmsResult) -> str:
+    if result.reply is None:
+        return EMPTY_TWIML
+    response = MessagingResponse()
+    response.message(result.reply)
+    return str(response)
+
+
+def _deletions(intake: SmsIntake, result: SmsResult) -> BackgroundTask | None:
+    """After the answer is sent: delete this message's media at Twilio, then retry a few whose deletion
+    failed before (each MMS gives the queue another chance, so no copy stays at Twilio for long)."""
+    fetcher = intake.fetcher
+    if not result.media_to_delete or fetcher is None:
+        return None
+
+    def delete_media() -> None:
+        delete_queued(intake.gw.sessions, fetcher, result.media_to_delete)
+        delete_queued(intake.gw.sessions, fetcher)
+
+    return BackgroundTask(delete_media)
