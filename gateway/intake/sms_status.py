@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.app import Gateway
+from gateway.audit import record
 from gateway.db.tables import ContactPoint, OutboxRow, SmsStatusEvent
 from gateway.logs import get_logger
 from gateway.metrics import NOTICES
@@ -132,8 +133,11 @@ def _mark_contact(session: Session, row: OutboxRow, code: str | None) -> None:
     now = datetime.now(timezone.utc)
     if code in OPTED_OUT_CODES:
         contact.opted_out_at = contact.opted_out_at or now
+        action = "contact.opted_out"
     else:
         contact.unreachable_at = contact.unreachable_at or now
+        action = "contact.unreachable"
+    record(session, "twilio", action, "contact", contact.id, code=f"twilio-{code}", notice=row.id)
 
 
 def _recipient_phone(session: Session, row: OutboxRow) -> ContactPoint | None:
