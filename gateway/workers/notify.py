@@ -367,6 +367,14 @@ class Notifier:
         state = self._finish(plan, "sent", channel=channel, provider_id=provider_id[:64], sent_at=now, error_code=None,
                              metric_channel=channel)
         NOTICE_SECONDS.labels(channel).observe(max((now - plan.created_at).total_seconds(), 0.0))
+        if channel == "sms":
+            # Twilio may call the status webhook before this commit: those callbacks were kept, apply them now.
+            from gateway.intake.sms_status import apply_recorded
+
+            with writing(self.gw) as session:
+                row = session.get(OutboxRow, plan.row_id)
+                if row is not None:
+                    apply_recorded(session, row)
         return state
 
     def _retry(self, plan: Plan, attempt: Attempt, code: str) -> str:
