@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,15 +19,25 @@ def window_start(now: datetime, window: timedelta) -> datetime:
 def hit(session: Session, bucket: str, window: timedelta, *, now: datetime | None = None) -> int:
     """Count one event in the bucket's current window; returns the count including this one."""
     start = window_start(now or datetime.now(timezone.utc), window)
-    where = (RateCounter.bucket == bucket, RateCounter.window_start == start)
-    if session.execute(update(RateCounter).where(*where).values(count=RateCounter.count + 1)).rowcount == 0:
+    counters = RateCounter.__table__.c
+    # One Core statement on the table: no ORM bookkeeping, and no flush of the caller's pending rows
+    # (nothing pending can change a counter: counters are only ever added, and flushed, below).
+    bump = (
+        update(RateCounter.__table__)
+        .where(counters.bucket == bucket, counters.window_start == start)
+        .values(count=counters.count + 1)
+        .returning(counters.count)
+    )
+    with session.no_autoflush:
+        count = session.execute(bump).scalar()
+    if count is None:
         try:
             with session.begin_nested():  # a concurrent first hit wins the insert; we then count on it
                 session.add(RateCounter(bucket=bucket, window_start=start, count=1))
             return 1
         except IntegrityError:
-            session.execute(update(RateCounter).where(*where).values(count=RateCounter.count + 1))
-    return int(session.scalar(select(RateCounter.count).where(*where)) or 0)
+            count = session.execute(bump).scalar()
+    return int(count or 0)
 
 
 def first_in_window(session: Session, bucket: str, window: timedelta) -> bool:

@@ -27,7 +27,7 @@ from gateway.intake.authenticate import authenticate
 from gateway.intake.mailauth import MailAuthenticator
 from gateway.intake.parse import Unparseable, parse
 from gateway.intake.store import dedupe_key_for, store
-from gateway.threads.service import find_duplicate
+from gateway.threads.service import has_duplicate
 from gateway.intake.values import Destination, InboundEmail, ParsedInbound, StoredEmail
 from gateway.logs import get_logger
 from gateway.metrics import INTAKE_SECONDS, MESSAGES_IN
@@ -125,7 +125,7 @@ class EmailIntake:
     def _was_stored(self, item) -> bool:  # type: ignore[no-untyped-def]
         key = dedupe_key_for(self.gw.keys, item.identified)
         with self.gw.readers() as session:
-            return find_duplicate(session, "email", key) is not None
+            return has_duplicate(session, "email", key)
 
     def _keep_for_postmaster(self, inbound: InboundEmail) -> Delivered:
         keys = self.gw.keys

@@ -15,7 +15,7 @@ from gateway.intake.values import AuthenticatedEmail, StoredEmail
 from gateway.outbox import add_notice
 from gateway.ratelimit import first_in_window, hit
 from gateway.directory.practices import get_practitioner_by_id
-from gateway.threads.service import NewAttachment, find_duplicate, get_thread, open_thread, post_message
+from gateway.threads.service import NewAttachment, get_thread, has_duplicate, open_thread, post_message
 
 RATE_LIMITED = Reject(451, "4.7.0", "Too many messages from this sender, please retry later")
 EMPTY = Reject(550, "5.6.0", "The message is empty: nothing to deliver")
@@ -60,7 +60,7 @@ def store(
     # A retransmission (the sender never saw our 250) must not open a second thread: new-thread mail is
     # de-duplicated per practitioner and patient, replies per thread.
     dedupe_key = dedupe_key_for(keys, identified)
-    if find_duplicate(session, "email", dedupe_key) is not None:
+    if has_duplicate(session, "email", dedupe_key):
         raise Discard("duplicate")
     if new_thread:
         practitioner = get_practitioner_by_id(session, identified.parsed.destination.practitioner_id or "")

@@ -143,7 +143,8 @@ def post_message(
         message.dedupe_source, message.dedupe_key = dedupe
     message.created_at = datetime.now(timezone.utc)
     session.add(message)
-    session.flush()  # the tables have no ORM relationships, so the unit of work needs the parent row first
+    if attachments:
+        session.flush()  # the tables have no ORM relationships, so the unit of work needs the parent row first
     for item in attachments:
         att = Attachment(id=new_id(), message_id=message.id, content_type=item.content_type[:127], size=len(item.data))
         att.filename_ct = key.seal(item.filename, aad=attachment_aad(att.id, "filename", thread.id))
@@ -158,6 +159,12 @@ def post_message(
 
 def find_duplicate(session: Session, source: str, key: str) -> Message | None:
     return session.scalar(select(Message).where(Message.dedupe_source == source, Message.dedupe_key == key))
+
+
+def has_duplicate(session: Session, source: str, key: str) -> bool:
+    """Whether a message with this dedupe key is stored (`find_duplicate` without loading it)."""
+    stmt = select(Message.id).where(Message.dedupe_source == source, Message.dedupe_key == key)
+    return session.scalar(stmt) is not None
 
 
 def read_thread(session: Session, keys: Keystore, thread: Thread, *, actor: str) -> dict[str, Any]:
