@@ -154,3 +154,23 @@ def test_dkim_key_hides_itself_and_refuses_garbage(rsa_key: tuple[bytes, str]) -
         DkimKey("notices2026", "gw.exemple.fr", b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
     with pytest.raises(ValueError, match="selector"):
         DkimKey("bad selector", "gw.exemple.fr", pem)
+
+
+def test_a_long_message_id_is_answered_verbatim() -> None:
+    # Outlook's Message-IDs exceed one 78-character line; encoding or folding them would break threading.
+    answered = "<AM0PR07MB4497D7E9A2C8F1B3C2E3F0B1A4C10@AM0PR07MB4497.eurprd07.prod.outlook.com>"
+    ack = render("acknowledgement", NoticeContext(practice_name="Cabinet Dupré", locale="fr"), public_url=PUBLIC_URL)
+    raw = build(ack, auto_submitted="auto-replied", in_reply_to=answered)
+    assert f"\r\nIn-Reply-To: {answered}\r\nReferences: {answered}\r\n".encode() in raw
+    msg = email.message_from_bytes(raw, policy=default)
+    assert msg["In-Reply-To"] == answered and msg["References"] == answered
+
+
+@pytest.mark.parametrize("practice", ["Maison de santé pluriprofessionnelle « Les Tilleuls » – Saint-Étienne-de-Tinée", "A" * 80])
+def test_long_subjects_fold_and_decode_back(practice: str) -> None:
+    long = render("new_message", NoticeContext(practice_name=practice, locale="fr", login_url=LOGIN_URL), public_url=PUBLIC_URL)
+    raw = build(long)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    msg = email.message_from_bytes(raw, policy=default)
+    assert msg["Subject"] == long.subject
+    assert [p.get_content().replace("\r\n", "\n") for p in msg.iter_parts()] == [long.text, long.html]
