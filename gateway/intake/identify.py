@@ -43,17 +43,21 @@ def identify(session: Session, keys: Keystore, item: ParsedInbound) -> Identifie
     contacts = _contacts(session, keys, address)
     dest = item.destination
     if dest.kind == "reply":
-        thread = session.get(Thread, dest.thread_id)
-        assert thread is not None
+        assert dest.thread_id is not None
+        patient_id, practitioner_id = dest.patient_id, dest.practitioner_id
+        if patient_id is None or practitioner_id is None:  # a destination not resolved by `route.resolve`
+            thread = session.get(Thread, dest.thread_id)
+            assert thread is not None
+            patient_id, practitioner_id = thread.patient_id, thread.practitioner_id
         if dest.party == "patient":
-            mine = [c for c in contacts if c.patient_id == thread.patient_id]
-            person = thread.patient_id
+            mine = [c for c in contacts if c.patient_id == patient_id]
+            person = patient_id
         else:
-            mine = [c for c in contacts if c.practitioner_id == thread.practitioner_id]
-            person = thread.practitioner_id
+            mine = [c for c in contacts if c.practitioner_id == practitioner_id]
+            person = practitioner_id
         contact = _pick(mine)
         assert dest.party is not None
-        return IdentifiedEmail(item, Sender(dest.party, person, contact.id, contact.bidx or ""), thread.id)
+        return IdentifiedEmail(item, Sender(dest.party, person, contact.id, contact.bidx or ""), dest.thread_id)
 
     # A new thread: the From must be a verified patient of this practice in the practitioner's care.
     patient_contacts = [c for c in contacts if c.patient_id is not None]

@@ -36,19 +36,30 @@ def resolve(session: Session, keys: Keystore, address: str, *, mail_domain: str,
         token = read_token(keys.tokens, lowered)
         if token is None:
             raise UNKNOWN
-        thread = session.get(Thread, token.thread_id)
+        # Asked at every RCPT: one statement for the thread and its practitioner, columns only (no ORM objects).
+        threads, practitioners = Thread.__table__.c, Practitioner.__table__.c
+        thread = session.execute(
+            select(
+                threads.id, threads.status, threads.token_version, threads.practitioner_id, threads.practice_id,
+                threads.patient_id, practitioners.id.label("practitioner_found"), practitioners.messaging_enabled,
+            )
+            .outerjoin(Practitioner.__table__, practitioners.id == threads.practitioner_id)
+            .where(threads.id == token.thread_id)
+        ).first()
         if thread is None:
             raise UNKNOWN
         if thread.status != "open" or thread.token_version != token.version:
             raise CLOSED
-        practitioner = session.get(Practitioner, thread.practitioner_id)
-        if practitioner is not None and not practitioner.messaging_enabled and token.party == "patient":
+        if thread.practitioner_found is not None and not thread.messaging_enabled and token.party == "patient":
             raise NO_MESSAGING
         return Destination(
             "reply", thread_id=thread.id, party=token.party, practitioner_id=thread.practitioner_id,
-            practice_id=thread.practice_id,
+            practice_id=thread.practice_id, patient_id=thread.patient_id,
         )
-    practitioner = session.scalar(select(Practitioner).where(Practitioner.slug == lowered))
+    columns = Practitioner.__table__.c
+    practitioner = session.execute(
+        select(columns.id, columns.practice_id, columns.messaging_enabled).where(columns.slug == lowered)
+    ).first()
     if practitioner is None:
         raise UNKNOWN
     if not practitioner.messaging_enabled:

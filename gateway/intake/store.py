@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.audit import record
-from gateway.db.tables import Patient
+from gateway.db.tables import Patient, Thread
 from gateway.db.keystore import Keystore
 from gateway.errors import Discard, Reject
 from gateway.intake.attachments import AttachmentLimits, screen
@@ -69,7 +70,12 @@ def store(
             subject=email.subject or NO_SUBJECT.get(default_locale, "(no subject)"), actor=f"email:{sender.contact_id}",
         )
     else:
-        thread = get_thread(session, identified.thread_id or "")
+        # The thread and its patient (whose key seals the message) in one statement: `post_message` then
+        # finds the patient in the session (which holds it only while it is referenced, hence `owner`).
+        row = session.execute(
+            select(Thread, Patient).join(Patient, Patient.id == Thread.patient_id).where(Thread.id == identified.thread_id)
+        ).first()
+        thread, owner = row if row is not None else (get_thread(session, identified.thread_id or ""), None)
 
     accepted, refused = screen(email.attachments, limits)
     body = (email.body or email.full_text).strip("\r\n")

@@ -18,6 +18,7 @@ class Destination:
     party: Party | None = None  # who may write to a reply address
     practitioner_id: str | None = None
     practice_id: str | None = None
+    patient_id: str | None = None  # the thread's patient (a thread never changes hands), for a reply address
 
 
 @dataclass(frozen=True)
