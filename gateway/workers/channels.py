@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Final, Literal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.db.tables import ContactPoint, OutboxRow
@@ -26,6 +26,19 @@ _UNREACHABLE_TWILIO: Final = frozenset(
 )
 # SMTP 5xx replies about our relay login rather than the recipient's mailbox.
 _RELAY_AUTH_SMTP: Final = frozenset({"smtp-530", "smtp-534", "smtp-535", "smtp-538"})
+
+
+# Built once: building and keying a statement costs more than running it (one of these per notice).
+_PATIENT_CONTACTS: Final = (
+    select(ContactPoint)
+    .where(ContactPoint.patient_id == bindparam("owner_id"))
+    .order_by(ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
+)
+_PRACTITIONER_CONTACTS: Final = (
+    select(ContactPoint)
+    .where(ContactPoint.practitioner_id == bindparam("owner_id"))
+    .order_by(ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +73,10 @@ def route_contacts(session: Session, row: OutboxRow, *, sms_possible: bool = Tru
             return []
         channel = CHANNEL_OF[contact.kind]
         return [(Route(channel, contact.id), contact)] if channel in allowed else []
-    owner = (
-        ContactPoint.patient_id == row.patient_id
-        if row.patient_id is not None
-        else ContactPoint.practitioner_id == row.practitioner_id
-    )
-    contacts = session.scalars(
-        select(ContactPoint).where(owner).order_by(ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
-    )
+    if row.patient_id is not None:
+        contacts = session.scalars(_PATIENT_CONTACTS, {"owner_id": row.patient_id})
+    else:
+        contacts = session.scalars(_PRACTITIONER_CONTACTS, {"owner_id": row.practitioner_id})
     best: dict[Channel, tuple[Route, ContactPoint]] = {}
     for contact in contacts:
         channel = CHANNEL_OF.get(contact.kind)

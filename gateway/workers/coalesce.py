@@ -7,8 +7,9 @@ recipient has not been back since (no login link spent, no audited action of the
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Final
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.db.tables import AuditEvent, LoginToken, OutboxRow
@@ -17,27 +18,49 @@ IN_FLIGHT = ("pending", "queued", "sending")
 SENT = ("sent", "delivered")
 
 
+def _candidates(owner: ColumnElement[bool]) -> Select[tuple[str, str, datetime, datetime | None]]:
+    # One query for both rules; a thread holds few notices that are in flight or recently sent.
+    return select(OutboxRow.id, OutboxRow.state, OutboxRow.created_at, OutboxRow.sent_at).where(
+        OutboxRow.kind == "new_message",
+        OutboxRow.thread_id == bindparam("thread_id"),
+        OutboxRow.id != bindparam("row_id"),
+        owner,
+        or_(
+            OutboxRow.state.in_(IN_FLIGHT),
+            and_(OutboxRow.state.in_(SENT), OutboxRow.sent_at > bindparam("since")),
+        ),
+    )
+
+
+# Built once (with bind parameters) rather than per notice: building and keying a statement costs more
+# than running it on SQLite.
+_PATIENT_CANDIDATES: Final = _candidates(OutboxRow.patient_id == bindparam("owner_id"))
+_PRACTITIONER_CANDIDATES: Final = _candidates(OutboxRow.practitioner_id == bindparam("owner_id"))
+_SPENT: Final = {
+    owner: select(LoginToken.id).where(column == bindparam("owner_id"), LoginToken.used_at >= bindparam("since")).limit(1)
+    for owner, column in (("patient", LoginToken.patient_id), ("practitioner", LoginToken.practitioner_id))
+}
+# A failed login attempt (or a failed second factor) is not coming back to read.
+_SEEN: Final = (
+    select(AuditEvent.id)
+    .where(AuditEvent.actor == bindparam("actor"), AuditEvent.at >= bindparam("since"), AuditEvent.action.not_like("%failed"))
+    .limit(1)
+)
+
+
 def covering_notice(session: Session, row: OutboxRow, *, now: datetime, window: timedelta) -> str | None:
     """The id of a notice that already tells this recipient about this thread, or None: send `row`."""
     if row.kind != "new_message" or row.thread_id is None or window <= timedelta(0):
         return None
-    same = (
-        OutboxRow.kind == "new_message",
-        OutboxRow.thread_id == row.thread_id,
-        OutboxRow.id != row.id,
-        OutboxRow.patient_id == row.patient_id
-        if row.patient_id is not None
-        else OutboxRow.practitioner_id == row.practitioner_id,
-    )
-    # One query for both rules; a thread holds few notices that are in flight or recently sent.
+    by_patient = row.patient_id is not None
     candidates = session.execute(
-        select(OutboxRow.id, OutboxRow.state, OutboxRow.created_at, OutboxRow.sent_at).where(
-            *same,
-            or_(
-                OutboxRow.state.in_(IN_FLIGHT),
-                and_(OutboxRow.state.in_(SENT), OutboxRow.sent_at > now - window),
-            ),
-        )
+        _PATIENT_CANDIDATES if by_patient else _PRACTITIONER_CANDIDATES,
+        {
+            "thread_id": row.thread_id,
+            "row_id": row.id,
+            "owner_id": row.patient_id if by_patient else row.practitioner_id,
+            "since": now - window,
+        },
     ).all()
     # Creation order settles which of two concurrent notices goes out: the earlier one, always.
     mine = (row.created_at, row.id)
@@ -54,16 +77,9 @@ def covering_notice(session: Session, row: OutboxRow, *, now: datetime, window: 
 def came_back(session: Session, row: OutboxRow, *, since: datetime) -> bool:
     """Whether the row's recipient logged in (spent a link) or did anything audited since `since`."""
     if row.patient_id is not None:
-        owner, actor = LoginToken.patient_id == row.patient_id, f"patient:{row.patient_id}"
+        owner, owner_id = "patient", row.patient_id
     else:
-        owner, actor = LoginToken.practitioner_id == row.practitioner_id, f"practitioner:{row.practitioner_id}"
-    spent = session.scalar(select(LoginToken.id).where(owner, LoginToken.used_at >= since).limit(1))
-    if spent is not None:
+        owner, owner_id = "practitioner", row.practitioner_id
+    if session.scalar(_SPENT[owner], {"owner_id": owner_id, "since": since}) is not None:
         return True
-    # A failed login attempt (or a failed second factor) is not coming back to read.
-    seen = session.scalar(
-        select(AuditEvent.id)
-        .where(AuditEvent.actor == actor, AuditEvent.at >= since, AuditEvent.action.not_like("%failed"))
-        .limit(1)
-    )
-    return seen is not None
+    return session.scalar(_SEEN, {"actor": f"{owner}:{owner_id}", "since": since}) is not None

@@ -11,6 +11,7 @@ contact (bouncing, opted out, unreachable) and falls back to the recipient's oth
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -18,7 +19,7 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP
 from typing import Final
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Update, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway import links
@@ -56,6 +57,55 @@ CODE_KINDS: Final = frozenset({"verify_sms", "second_factor"})
 CODE_TTL: Final = timedelta(minutes=15)
 FINISHED: Final = ("sent", "delivered", "undelivered", "failed", "coalesced")
 _EMAIL_SEND_TIMEOUT: Final = 120.0
+
+
+# The statements run for every notice, built once with bind parameters: on SQLite, building and keying a
+# statement costs more than running it.
+_LOOK: Final = (
+    select(OutboxRow, Patient, Practitioner, Practice, Thread)
+    .outerjoin(Patient, Patient.id == OutboxRow.patient_id)
+    .outerjoin(Practitioner, Practitioner.id == OutboxRow.practitioner_id)
+    .outerjoin(Practice, Practice.id == func.coalesce(Patient.practice_id, Practitioner.practice_id))
+    .outerjoin(Thread, Thread.id == OutboxRow.thread_id)
+    .where(OutboxRow.id == bindparam("row_id"))
+)
+# Only a queued row, or one whose sender's lease ran out (a killed worker), is claimed.
+_CLAIMABLE: Final = (
+    OutboxRow.id == bindparam("row_id"),
+    or_(
+        OutboxRow.state == "queued",
+        and_(OutboxRow.state == "sending", OutboxRow.claimed_at < bindparam("lease_expired")),
+    ),
+)
+_SETTLE: Final = (
+    update(OutboxRow)
+    .where(*_CLAIMABLE)
+    .values(
+        state=bindparam("new_state"),
+        claimed_at=None,
+        error_code=bindparam("new_error_code"),
+        attempts=OutboxRow.attempts + 1,
+    )
+    .execution_options(synchronize_session=False)
+)
+_CLAIM: Final = (
+    update(OutboxRow)
+    .where(*_CLAIMABLE)
+    .values(state="sending", claimed_at=bindparam("new_claimed_at"), attempts=OutboxRow.attempts + 1)
+    .returning(OutboxRow.attempts, OutboxRow.created_at)
+    .execution_options(synchronize_session=False)
+)
+
+
+@functools.cache
+def _outcome(names: tuple[str, ...]) -> Update:
+    """Write an outcome (`new_state`, `new_<name>`…) unless the row already reached a final state."""
+    return (
+        update(OutboxRow)
+        .where(OutboxRow.id == bindparam("row_id"), OutboxRow.state.not_in(FINISHED))
+        .values(state=bindparam("new_state"), claimed_at=None, **{name: bindparam(f"new_{name}") for name in names})
+        .execution_options(synchronize_session=False)
+    )
 
 
 def backoff_seconds(attempts: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -156,14 +206,7 @@ class Notifier:
 
     def _look(self, session: Session, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
         # The row, its recipient, their practice and the thread, in one query.
-        found = session.execute(
-            select(OutboxRow, Patient, Practitioner, Practice, Thread)
-            .outerjoin(Patient, Patient.id == OutboxRow.patient_id)
-            .outerjoin(Practitioner, Practitioner.id == OutboxRow.practitioner_id)
-            .outerjoin(Practice, Practice.id == func.coalesce(Patient.practice_id, Practitioner.practice_id))
-            .outerjoin(Thread, Thread.id == OutboxRow.thread_id)
-            .where(OutboxRow.id == row_id)
-        ).one_or_none()
+        found = session.execute(_LOOK, {"row_id": row_id}).one_or_none()
         if found is None:
             return None
         row, patient, practitioner, practice, thread = found
@@ -207,19 +250,10 @@ class Notifier:
     # -- one short write: claim the row (or settle it) and issue its link; rendering waits for the commit --
 
     def _claim(self, session: Session, row_id: str, now: datetime, look: Look) -> Claimed | str | None:
-        lease = timedelta(seconds=self.settings.notice_lease_seconds)
-        claimable = (
-            OutboxRow.id == row_id,
-            or_(OutboxRow.state == "queued", and_(OutboxRow.state == "sending", OutboxRow.claimed_at < now - lease)),
-        )
+        claimable = {"row_id": row_id, "lease_expired": now - timedelta(seconds=self.settings.notice_lease_seconds)}
         if look.covered_by is not None or look.fail is not None:
             state = "coalesced" if look.covered_by is not None else "failed"
-            done = session.execute(
-                update(OutboxRow)
-                .where(*claimable)
-                .values(state=state, claimed_at=None, error_code=look.fail, attempts=OutboxRow.attempts + 1)
-                .execution_options(synchronize_session=False)
-            )
+            done = session.execute(_SETTLE, {**claimable, "new_state": state, "new_error_code": look.fail})
             if done.rowcount != 1:
                 return None
             NOTICES.labels("none", state).inc()
@@ -228,13 +262,7 @@ class Notifier:
             else:
                 log.warning("notice.failed", row=row_id, kind=look.kind, code=look.fail)
             return state
-        claimed = session.execute(
-            update(OutboxRow)
-            .where(*claimable)
-            .values(state="sending", claimed_at=now, attempts=OutboxRow.attempts + 1)
-            .returning(OutboxRow.attempts, OutboxRow.created_at)
-            .execution_options(synchronize_session=False)
-        ).first()
+        claimed = session.execute(_CLAIM, {**claimable, "new_claimed_at": now}).first()
         if claimed is None:
             return None
         login_url, code = self._issue_token(session, look)
@@ -303,12 +331,7 @@ class Notifier:
 
     def _finish_now(self, row_id: str, kind: str, code: str) -> str:
         with writing(self.gw) as session:
-            session.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id == row_id, OutboxRow.state.not_in(FINISHED))
-                .values(state="failed", error_code=code, claimed_at=None)
-                .execution_options(synchronize_session=False)
-            )
+            session.execute(_outcome(("error_code",)), {"row_id": row_id, "new_state": "failed", "new_error_code": code})
         NOTICES.labels("none", "failed").inc()
         log.warning("notice.failed", row=row_id, kind=kind, code=code)
         return "failed"
@@ -403,13 +426,10 @@ class Notifier:
     def _finish(self, plan: Plan, state: str, *, metric_channel: str, metric_state: str | None = None,
                 **values: object) -> str:
         """Write the outcome unless the row already reached a final state (a duplicate run finished first)."""
+        names = tuple(sorted(values))
+        params = {"row_id": plan.row_id, "new_state": state, **{f"new_{name}": values[name] for name in names}}
         with writing(self.gw) as session:
-            session.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id == plan.row_id, OutboxRow.state.not_in(FINISHED))
-                .values(state=state, claimed_at=None, **values)
-                .execution_options(synchronize_session=False)
-            )
+            session.execute(_outcome(names), params)
         NOTICES.labels(metric_channel, metric_state or state).inc()
         if state == "sent":
             log.info("notice.sent", row=plan.row_id, kind=plan.kind, channel=metric_channel, attempt=plan.attempts)
