@@ -60,7 +60,8 @@ _EMAIL_SEND_TIMEOUT: Final = 120.0
 
 
 # The statements run for every notice, built once with bind parameters: on SQLite, building and keying a
-# statement costs more than running it.
+# statement costs more than running it. The UPDATEs run on the session's connection (Core): the ORM's
+# bulk-update path, with nothing to synchronise, only adds time (about twice the cost of one write).
 _LOOK: Final = (
     select(OutboxRow, Patient, Practitioner, Practice, Thread)
     .outerjoin(Patient, Patient.id == OutboxRow.patient_id)
@@ -253,7 +254,7 @@ class Notifier:
         claimable = {"row_id": row_id, "lease_expired": now - timedelta(seconds=self.settings.notice_lease_seconds)}
         if look.covered_by is not None or look.fail is not None:
             state = "coalesced" if look.covered_by is not None else "failed"
-            done = session.execute(_SETTLE, {**claimable, "new_state": state, "new_error_code": look.fail})
+            done = session.connection().execute(_SETTLE, {**claimable, "new_state": state, "new_error_code": look.fail})
             if done.rowcount != 1:
                 return None
             NOTICES.labels("none", state).inc()
@@ -262,7 +263,7 @@ class Notifier:
             else:
                 log.warning("notice.failed", row=row_id, kind=look.kind, code=look.fail)
             return state
-        claimed = session.execute(_CLAIM, {**claimable, "new_claimed_at": now}).first()
+        claimed = session.connection().execute(_CLAIM, {**claimable, "new_claimed_at": now}).first()
         if claimed is None:
             return None
         login_url, code = self._issue_token(session, look)
@@ -331,7 +332,9 @@ class Notifier:
 
     def _finish_now(self, row_id: str, kind: str, code: str) -> str:
         with writing(self.gw) as session:
-            session.execute(_outcome(("error_code",)), {"row_id": row_id, "new_state": "failed", "new_error_code": code})
+            session.connection().execute(
+                _outcome(("error_code",)), {"row_id": row_id, "new_state": "failed", "new_error_code": code}
+            )
         NOTICES.labels("none", "failed").inc()
         log.warning("notice.failed", row=row_id, kind=kind, code=code)
         return "failed"
@@ -429,7 +432,7 @@ class Notifier:
         names = tuple(sorted(values))
         params = {"row_id": plan.row_id, "new_state": state, **{f"new_{name}": values[name] for name in names}}
         with writing(self.gw) as session:
-            session.execute(_outcome(names), params)
+            session.connection().execute(_outcome(names), params)
         NOTICES.labels(metric_channel, metric_state or state).inc()
         if state == "sent":
             log.info("notice.sent", row=plan.row_id, kind=plan.kind, channel=metric_channel, attempt=plan.attempts)
