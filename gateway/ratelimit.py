@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,27 +16,30 @@ def window_start(now: datetime, window: timedelta) -> datetime:
     return epoch + ((now - epoch) // window) * window
 
 
+_counters = RateCounter.__table__.c
+# One Core statement, built once: no ORM bookkeeping, and the new count comes back with the update.
+_BUMP = (
+    update(RateCounter.__table__)
+    .where(_counters.bucket == bindparam("bucket_name"), _counters.window_start == bindparam("start"))
+    .values(count=_counters.count + 1)
+    .returning(_counters.count)
+)
+
+
 def hit(session: Session, bucket: str, window: timedelta, *, now: datetime | None = None) -> int:
     """Count one event in the bucket's current window; returns the count including this one."""
     start = window_start(now or datetime.now(timezone.utc), window)
-    counters = RateCounter.__table__.c
-    # One Core statement on the table: no ORM bookkeeping, and no flush of the caller's pending rows
-    # (nothing pending can change a counter: counters are only ever added, and flushed, below).
-    bump = (
-        update(RateCounter.__table__)
-        .where(counters.bucket == bucket, counters.window_start == start)
-        .values(count=counters.count + 1)
-        .returning(counters.count)
-    )
+    params = {"bucket_name": bucket, "start": start}
+    # Nothing pending in the session can change a counter (counters are only ever added, and flushed, below).
     with session.no_autoflush:
-        count = session.execute(bump).scalar()
+        count = session.execute(_BUMP, params).scalar()
     if count is None:
         try:
             with session.begin_nested():  # a concurrent first hit wins the insert; we then count on it
                 session.add(RateCounter(bucket=bucket, window_start=start, count=1))
             return 1
         except IntegrityError:
-            count = session.execute(bump).scalar()
+            count = session.execute(_BUMP, params).scalar()
     return int(count or 0)
 
 

@@ -4,7 +4,9 @@ The envelope sender is recorded but may differ (forwarders rewrite it); the head
 Every refusal here is decided before any 250 and echoes no address."""
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Final
+
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.db.keystore import Keystore
@@ -21,12 +23,15 @@ NO_FROM = Reject(550, "5.7.1", "A single valid From address is required")
 AMBIGUOUS = Reject(550, "5.7.1", "Several patients share this address: please write from the secure portal")
 
 
+_CONTACTS: Final = select(ContactPoint).where(ContactPoint.kind == "email", ContactPoint.bidx == bindparam("bidx"))
+
+
 def _contacts(session: Session, keys: Keystore, address: str) -> list[ContactPoint]:
     try:
         bidx = keys.index("email", normalize_email(address))
     except InvalidInput:
         raise NO_FROM from None
-    return list(session.scalars(select(ContactPoint).where(ContactPoint.kind == "email", ContactPoint.bidx == bidx)))
+    return list(session.scalars(_CONTACTS, {"bidx": bidx}))
 
 
 def _pick(contacts: list[ContactPoint]) -> ContactPoint:

@@ -2,7 +2,9 @@
 postmaster, or the notices' bounce address; anything else is 550 5.1.1."""
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Final
+
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.db.keystore import Keystore
@@ -16,6 +18,21 @@ CLOSED = Reject(
     550, "5.7.1", "This conversation is closed. Please start a new conversation from the secure portal"
 )
 NO_MESSAGING = Reject(550, "5.7.1", "This practitioner does not use secure messaging")
+
+
+# Asked at every RCPT: columns only (no ORM objects), statements built once.
+_threads, _practitioners = Thread.__table__.c, Practitioner.__table__.c
+_THREAD: Final = (
+    select(
+        _threads.id, _threads.status, _threads.token_version, _threads.practitioner_id, _threads.practice_id,
+        _threads.patient_id, _practitioners.id.label("practitioner_found"), _practitioners.messaging_enabled,
+    )
+    .outerjoin(Practitioner.__table__, _practitioners.id == _threads.practitioner_id)
+    .where(_threads.id == bindparam("thread_id"))
+)
+_PRACTITIONER: Final = select(_practitioners.id, _practitioners.practice_id, _practitioners.messaging_enabled).where(
+    _practitioners.slug == bindparam("slug")
+)
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -36,16 +53,7 @@ def resolve(session: Session, keys: Keystore, address: str, *, mail_domain: str,
         token = read_token(keys.tokens, lowered)
         if token is None:
             raise UNKNOWN
-        # Asked at every RCPT: one statement for the thread and its practitioner, columns only (no ORM objects).
-        threads, practitioners = Thread.__table__.c, Practitioner.__table__.c
-        thread = session.execute(
-            select(
-                threads.id, threads.status, threads.token_version, threads.practitioner_id, threads.practice_id,
-                threads.patient_id, practitioners.id.label("practitioner_found"), practitioners.messaging_enabled,
-            )
-            .outerjoin(Practitioner.__table__, practitioners.id == threads.practitioner_id)
-            .where(threads.id == token.thread_id)
-        ).first()
+        thread = session.execute(_THREAD, {"thread_id": token.thread_id}).first()
         if thread is None:
             raise UNKNOWN
         if thread.status != "open" or thread.token_version != token.version:
@@ -56,10 +64,7 @@ def resolve(session: Session, keys: Keystore, address: str, *, mail_domain: str,
             "reply", thread_id=thread.id, party=token.party, practitioner_id=thread.practitioner_id,
             practice_id=thread.practice_id, patient_id=thread.patient_id,
         )
-    columns = Practitioner.__table__.c
-    practitioner = session.execute(
-        select(columns.id, columns.practice_id, columns.messaging_enabled).where(columns.slug == lowered)
-    ).first()
+    practitioner = session.execute(_PRACTITIONER, {"slug": lowered}).first()
     if practitioner is None:
         raise UNKNOWN
     if not practitioner.messaging_enabled:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
+from typing import Final
+
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import record
@@ -22,6 +24,11 @@ RATE_LIMITED = Reject(451, "4.7.0", "Too many messages from this sender, please 
 EMPTY = Reject(550, "5.6.0", "The message is empty: nothing to deliver")
 NO_SUBJECT = {"fr": "(sans objet)", "en": "(no subject)"}
 NO_TEXT = {"fr": "(message sans texte)", "en": "(message without text)"}
+
+
+_THREAD_AND_PATIENT: Final = (
+    select(Thread, Patient).join(Patient, Patient.id == Thread.patient_id).where(Thread.id == bindparam("thread_id"))
+)
 
 
 def refused_note(names: list[tuple[str, str]], locale: str) -> str:
@@ -72,9 +79,7 @@ def store(
     else:
         # The thread and its patient (whose key seals the message) in one statement: `post_message` then
         # finds the patient in the session (which holds it only while it is referenced, hence `owner`).
-        row = session.execute(
-            select(Thread, Patient).join(Patient, Patient.id == Thread.patient_id).where(Thread.id == identified.thread_id)
-        ).first()
+        row = session.execute(_THREAD_AND_PATIENT, {"thread_id": identified.thread_id}).first()
         thread, owner = row if row is not None else (get_thread(session, identified.thread_id or ""), None)
 
     accepted, refused = screen(email.attachments, limits)

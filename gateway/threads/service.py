@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import record
@@ -161,10 +161,14 @@ def find_duplicate(session: Session, source: str, key: str) -> Message | None:
     return session.scalar(select(Message).where(Message.dedupe_source == source, Message.dedupe_key == key))
 
 
+_DUPLICATE = select(Message.__table__.c.id).where(
+    Message.__table__.c.dedupe_source == bindparam("source"), Message.__table__.c.dedupe_key == bindparam("key")
+)
+
+
 def has_duplicate(session: Session, source: str, key: str) -> bool:
     """Whether a message with this dedupe key is stored (`find_duplicate` without loading it)."""
-    stmt = select(Message.id).where(Message.dedupe_source == source, Message.dedupe_key == key)
-    return session.scalar(stmt) is not None
+    return session.scalar(_DUPLICATE, {"source": source, "key": key}) is not None
 
 
 def read_thread(session: Session, keys: Keystore, thread: Thread, *, actor: str) -> dict[str, Any]:
