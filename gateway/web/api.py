@@ -709,7 +709,7 @@ def _message_out(db: Session, key: DataKey | None, message: Message, thread: Thr
     responses={200: {"content": {"application/octet-stream": {}}, "description": "the file, as a download"}},
 )
 def get_attachment(request: Request, who: Auth, attachment_id: str) -> Response:
-    from gateway.web.portal import content_disposition
+    from gateway.web.threads_view import content_disposition
 
     gw = gateway_of(request)
     keys = gw.keys

@@ -5,49 +5,23 @@ A thread or attachment that is not the signed-in patient's answers 404, exactly 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import Annotated, Any
-from urllib.parse import quote
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.audit import record
-from gateway.crypto import DecryptionError
 from gateway.db.keystore import Keystore
-from gateway.db.tables import (
-    Attachment,
-    CareRelationship,
-    ContactPoint,
-    Message,
-    Patient,
-    Practitioner,
-    Thread,
-    ThreadRead,
-)
+from gateway.db.tables import CareRelationship, ContactPoint, Patient, Practitioner
 from gateway.directory.contacts import find_contacts, normalize_phone
 from gateway.directory.practices import practitioner_name
 from gateway.errors import Conflict, InvalidInput
-from gateway.intake.attachments import AttachmentLimits, Refused, screen
 from gateway.links import check_code
 from gateway.resources import templates_dir
-from gateway.threads.service import (
-    MAX_BODY,
-    MAX_SUBJECT,
-    NewAttachment,
-    attachment_content,
-    list_threads,
-    open_thread,
-    post_message,
-    read_thread,
-    subject_aad,
-    thread_key,
-)
-from gateway.web import pages
+from gateway.threads.service import list_threads, open_thread, post_message
+from gateway.web import pages, threads_view
 from gateway.web.app import gateway_of
 from gateway.web.login import confirm_contact
 from gateway.web.security import (
@@ -60,118 +34,11 @@ from gateway.web.security import (
     current_viewer,
     finish,
 )
+from gateway.web.threads_view import Files, Side, Visit, check_text, read_uploads, subject_of, unread
 
 router = APIRouter(include_in_schema=False)
-LIMITS = AttachmentLimits()
-MAX_FILES = 10
 # The notices worker (gateway.workers.notify) issues `verify_sms` and `second_factor` codes as purpose "code".
 VERIFY_CODE_PURPOSES = ("code",)
-
-Files = Annotated[list[UploadFile], File()]
-
-
-# --- shared with the practitioner pages ------------------------------------------------------------
-
-
-def read_uploads(files: Iterable[UploadFile]) -> tuple[tuple[NewAttachment, ...], tuple[Refused, ...]]:
-    """Uploaded files through the same allowlist and limits as email attachments; an empty file input is
-    not a file. A file over the per-file limit is not read beyond it."""
-    items: list[NewAttachment] = []
-    refused: list[Refused] = []
-    for upload in files:
-        name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
-        if not name:
-            continue
-        data = upload.file.read(LIMITS.per_file_bytes + 1)
-        if len(data) > LIMITS.per_file_bytes:
-            refused.append(Refused(name[:200], "size"))
-            continue
-        items.append(NewAttachment(name[:200], upload.content_type or "application/octet-stream", data))
-    if len(items) + len(refused) > MAX_FILES:
-        refused.extend(Refused(a.filename, "total") for a in items[MAX_FILES:])
-        items = items[:MAX_FILES]
-    accepted, screened_out = screen(items, LIMITS)
-    return accepted, tuple(refused) + screened_out
-
-
-def content_disposition(filename: str) -> str:
-    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename) or "file"
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-def attachment_response(
-    db: Session, keys: Keystore, thread: Thread, attachment_id: str, *, actor: str
-) -> Response | None:
-    """The attachment's bytes with its stored type, always as a download; None when it is not in `thread`."""
-    attachment = db.get(Attachment, attachment_id)
-    message = db.get(Message, attachment.message_id) if attachment is not None else None
-    if attachment is None or message is None or message.thread_id != thread.id:
-        return None
-    try:
-        name, data = attachment_content(db, keys, attachment, thread)
-    except DecryptionError:
-        return None
-    record(db, actor, "attachment.read", "attachment", attachment.id, thread=thread.id)
-    return Response(
-        data,
-        media_type=attachment.content_type,
-        headers={"Content-Disposition": content_disposition(name), "Cache-Control": "no-store"},
-    )
-
-
-def mark_read(db: Session, thread_id: str, party: str) -> None:
-    now = datetime.now(timezone.utc)
-    row = db.get(ThreadRead, (thread_id, party))
-    if row is not None:
-        row.read_at = now
-        return
-    try:
-        with db.begin_nested():
-            db.add(ThreadRead(thread_id=thread_id, party=party, read_at=now))
-    except IntegrityError:  # a concurrent first read of the same thread
-        row = db.get(ThreadRead, (thread_id, party))
-        if row is not None:
-            row.read_at = now
-
-
-def unread(db: Session, thread_ids: list[str], party: str) -> set[str]:
-    """The threads with a message from the other side newer than this side's last read."""
-    if not thread_ids:
-        return set()
-    other = "practitioner" if party == "patient" else "patient"
-    latest = db.execute(
-        select(Message.thread_id, func.max(Message.created_at))
-        .where(Message.thread_id.in_(thread_ids), Message.author == other)
-        .group_by(Message.thread_id)
-    ).all()
-    reads = dict(
-        db.execute(
-            select(ThreadRead.thread_id, ThreadRead.read_at).where(
-                ThreadRead.thread_id.in_(thread_ids), ThreadRead.party == party
-            )
-        ).all()
-    )
-    return {tid for tid, at in latest if tid not in reads or _aware(at) > _aware(reads[tid])}
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def subject_of(db: Session, keys: Keystore, thread: Thread) -> str | None:
-    try:
-        return thread_key(db, keys, thread).open_text(thread.subject_ct, aad=subject_aad(thread.id))
-    except DecryptionError:
-        return None
-
-
-def check_text(subject: str | None, body: str) -> None:
-    if subject is not None and not " ".join(subject.split()):
-        raise InvalidInput("subject is required")
-    if subject is not None and len(subject) > MAX_SUBJECT:
-        raise InvalidInput("subject is too long")
-    if len(body) > MAX_BODY:
-        raise InvalidInput("message body is too long")
 
 
 # --- the signed-in patient -------------------------------------------------------------------------
@@ -192,11 +59,6 @@ def _patient(db: Session, viewer: Viewer) -> Patient:
     patient = db.get(Patient, viewer.patient_id)
     assert patient is not None
     return patient
-
-
-def _own_thread(db: Session, viewer: Viewer, thread_id: str) -> Thread | None:
-    thread = db.get(Thread, thread_id) if len(thread_id) <= 64 else None
-    return thread if thread is not None and thread.patient_id == viewer.patient_id else None
 
 
 def _thread_list(db: Session, keys: Keystore, viewer: Viewer) -> list[dict[str, Any]]:
@@ -237,38 +99,17 @@ def _writable_practitioners(db: Session, keys: Keystore, patient: Patient) -> li
     return sorted(({"id": p.id, "name": practitioner_name(keys, p)} for p in rows), key=lambda p: p["name"])
 
 
-def _thread_page(
-    request: Request,
-    db: Session,
-    gw: Any,
-    keys: Keystore,
-    viewer: Viewer,
-    thread: Thread,
-    *,
-    status: int = 200,
-    draft: str = "",
-    refused: tuple[Refused, ...] = (),
-    error: str | None = None,
-) -> Response:
-    patient = _patient(db, viewer)
-    view = read_thread(db, keys, thread, actor=viewer.actor)
-    mark_read(db, thread.id, "patient")
-    names = _practitioner_names(db, keys, {thread.practitioner_id})
-    return pages.render(
-        request,
-        gw,
-        "thread.html",
-        locale=patient.locale,
-        status=status,
-        viewer_kind="patient",
-        thread=view,
-        practitioner=names.get(thread.practitioner_id, ""),
-        threads=_thread_list(db, keys, viewer),
-        draft=draft,
-        refused=refused,
-        error=error,
-        base=f"/portal/threads/{thread.id}",
-    )
+def _thread_context(visit: Visit) -> dict[str, Any]:
+    thread = visit.thread
+    names = _practitioner_names(visit.db, visit.keys, {thread.practitioner_id})
+    return {
+        "locale": _patient(visit.db, visit.viewer).locale,
+        "practitioner": names.get(thread.practitioner_id, ""),
+        "threads": _thread_list(visit.db, visit.keys, visit.viewer),
+    }
+
+
+PATIENT = Side("patient", "/portal", "thread.html", _patient_viewer, _thread_context)
 
 
 @router.get("/portal/")
@@ -298,16 +139,7 @@ def home_slash() -> Response:
 
 @router.get("/portal/threads/{thread_id}")
 def thread_page(request: Request, thread_id: str) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    with gw.transaction() as db:
-        viewer = _patient_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        thread = _own_thread(db, viewer, thread_id)
-        if thread is None:
-            return pages.error_page(request, 404)
-        return _thread_page(request, db, gw, keys, viewer, thread)
+    return threads_view.show(request, PATIENT, thread_id)
 
 
 @router.post("/portal/threads/{thread_id}/messages")
@@ -318,44 +150,12 @@ def reply(
     body: Annotated[str, Form()] = "",
     files: Files = [],  # noqa: B006 - FastAPI copies defaults
 ) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _patient_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        thread = _own_thread(db, viewer, thread_id)
-        if thread is None:
-            return pages.error_page(request, 404)
-        accepted, refused = read_uploads(files)
-        if refused:
-            return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, refused=refused)
-        try:
-            check_text(None, body)
-            message = post_message(
-                db, keys, thread, author="patient", channel="portal", body=body, attachments=accepted
-            )
-        except (InvalidInput, Conflict) as exc:
-            problem = "closed" if isinstance(exc, Conflict) else "empty"
-            return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, error=problem)
-        record(db, viewer.actor, "message.post", "message", message.id, thread=thread.id, channel="portal")
-        return finish(
-            request, RedirectResponse(f"/portal/threads/{thread.id}#m-{message.id}", status_code=303), gw.settings
-        )
+    return threads_view.reply(request, PATIENT, thread_id, csrf=csrf, body=body, files=files)
 
 
 @router.get("/portal/threads/{thread_id}/attachments/{attachment_id}")
 def download(request: Request, thread_id: str, attachment_id: str) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    with gw.transaction() as db:
-        viewer = _patient_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        thread = _own_thread(db, viewer, thread_id)
-        response = attachment_response(db, keys, thread, attachment_id, actor=viewer.actor) if thread else None
-        return response if response is not None else pages.error_page(request, 404)
+    return threads_view.download(request, PATIENT, thread_id, attachment_id)
 
 
 @router.get("/portal/new")

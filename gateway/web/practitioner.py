@@ -24,11 +24,10 @@ from gateway.db.keystore import Keystore
 from gateway.db.tables import Patient, Practice, Practitioner, Thread
 from gateway.directory.contacts import find_contacts, normalize_email
 from gateway.directory.patients import has_care, patient_name
-from gateway.errors import Conflict, InvalidInput
-from gateway.threads.service import close_thread, list_threads, open_thread, post_message, read_thread
-from gateway.web import pages
+from gateway.errors import InvalidInput
+from gateway.threads.service import close_thread, list_threads, open_thread
+from gateway.web import pages, threads_view
 from gateway.web.app import gateway_of
-from gateway.web.portal import Files, attachment_response, check_text, mark_read, read_uploads, subject_of, unread
 from gateway.web.security import (
     LOGIN_PER_ACCOUNT,
     LOGIN_PER_CLIENT,
@@ -43,6 +42,7 @@ from gateway.web.security import (
     open_session,
     set_session_cookie,
 )
+from gateway.web.threads_view import Files, Side, Visit, own_thread, subject_of, unread
 
 router = APIRouter(include_in_schema=False)
 HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -101,11 +101,6 @@ def _me(db: Session, viewer: Viewer) -> Practitioner:
     practitioner = db.get(Practitioner, viewer.practitioner_id)
     assert practitioner is not None
     return practitioner
-
-
-def _own_thread(db: Session, viewer: Viewer, thread_id: str) -> Thread | None:
-    thread = db.get(Thread, thread_id) if len(thread_id) <= 64 else None
-    return thread if thread is not None and thread.practitioner_id == viewer.practitioner_id else None
 
 
 def _patient_label(keys: Keystore, patient: Patient | None) -> str | None:
@@ -271,7 +266,7 @@ def file_held(
                 db, keys, patient_id=row.patient_id, practitioner_slug=me.slug, subject="SMS", actor=viewer.actor
             )
         else:
-            target = _own_thread(db, viewer, thread)
+            target = own_thread(db, viewer, thread, PRACTITIONER)
             if target is None or target.patient_id != row.patient_id:
                 return pages.error_page(request, 404)
         held.release_held(db, keys, row.id, target.id, actor=viewer.actor)
@@ -320,49 +315,17 @@ def inbox(request: Request) -> Response:
         )
 
 
-def _thread_page(
-    request: Request,
-    db: Session,
-    gw: Any,
-    keys: Keystore,
-    viewer: Viewer,
-    thread: Thread,
-    *,
-    status: int = 200,
-    draft: str = "",
-    refused: tuple[Any, ...] = (),
-    error: str | None = None,
-) -> Response:
-    view = read_thread(db, keys, thread, actor=viewer.actor)
-    mark_read(db, thread.id, "practitioner")
-    return pages.render(
-        request,
-        gw,
-        "pro_thread.html",
-        locale=_locale(request, gw),
-        status=status,
-        viewer_kind="practitioner",
-        thread=view,
-        patient=_patient_label(keys, db.get(Patient, thread.patient_id)),
-        draft=draft,
-        refused=refused,
-        error=error,
-        base=f"/portal/pro/threads/{thread.id}",
-    )
+def _thread_context(visit: Visit) -> dict[str, Any]:
+    patient = visit.db.get(Patient, visit.thread.patient_id)
+    return {"locale": _locale(visit.request, visit.gw), "patient": _patient_label(visit.keys, patient)}
+
+
+PRACTITIONER = Side("practitioner", "/portal/pro", "pro_thread.html", _pro_viewer, _thread_context)
 
 
 @router.get("/portal/pro/threads/{thread_id}")
 def thread_page(request: Request, thread_id: str) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        thread = _own_thread(db, viewer, thread_id)
-        if thread is None:
-            return pages.error_page(request, 404)
-        return _thread_page(request, db, gw, keys, viewer, thread)
+    return threads_view.show(request, PRACTITIONER, thread_id)
 
 
 @router.post("/portal/pro/threads/{thread_id}/messages")
@@ -373,60 +336,22 @@ def reply(
     body: Annotated[str, Form()] = "",
     files: Files = [],  # noqa: B006 - FastAPI copies defaults
 ) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        thread = _own_thread(db, viewer, thread_id)
-        if thread is None:
-            return pages.error_page(request, 404)
-        accepted, refused = read_uploads(files)
-        if refused:
-            return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, refused=refused)
-        try:
-            check_text(None, body)
-            message = post_message(
-                db, keys, thread, author="practitioner", channel="portal", body=body, attachments=accepted
-            )
-        except (InvalidInput, Conflict) as exc:
-            problem = "closed" if isinstance(exc, Conflict) else "empty"
-            return _thread_page(request, db, gw, keys, viewer, thread, status=422, draft=body, error=problem)
-        record(db, viewer.actor, "message.post", "message", message.id, thread=thread.id, channel="portal")
-        return finish(
-            request, RedirectResponse(f"/portal/pro/threads/{thread.id}#m-{message.id}", status_code=303), gw.settings
-        )
+    return threads_view.reply(request, PRACTITIONER, thread_id, csrf=csrf, body=body, files=files)
 
 
 @router.post("/portal/pro/threads/{thread_id}/close")
 def close(request: Request, thread_id: str, csrf: Annotated[str, Form()] = "") -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys  # noqa: F841 - loaded before the write transaction (SQLite)
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        thread = _own_thread(db, viewer, thread_id)
-        if thread is None:
-            return pages.error_page(request, 404)
-        close_thread(db, thread, actor=viewer.actor)
-        return finish(request, RedirectResponse(f"/portal/pro/threads/{thread.id}", status_code=303), gw.settings)
+    def close_it(visit: Visit) -> Response:
+        close_thread(visit.db, visit.thread, actor=visit.viewer.actor)
+        target = RedirectResponse(f"/portal/pro/threads/{visit.thread.id}", status_code=303)
+        return finish(request, target, visit.gw.settings)
+
+    return threads_view.on_own_thread(request, PRACTITIONER, thread_id, close_it, csrf=csrf)
 
 
 @router.get("/portal/pro/threads/{thread_id}/attachments/{attachment_id}")
 def download(request: Request, thread_id: str, attachment_id: str) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        thread = _own_thread(db, viewer, thread_id)
-        response = attachment_response(db, keys, thread, attachment_id, actor=viewer.actor) if thread else None
-        return response if response is not None else pages.error_page(request, 404)
+    return threads_view.download(request, PRACTITIONER, thread_id, attachment_id)
 
 
 # --- settings: messaging on/off, TOTP ----------------------------------------------------------------
