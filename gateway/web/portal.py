@@ -28,13 +28,15 @@ from gateway.web.security import (
     VERIFY_PER_CLIENT,
     VERIFY_PER_NUMBER,
     Viewer,
+    Visit,
     allow,
     check_csrf,
     client_key,
     current_viewer,
     finish,
+    signed_in,
 )
-from gateway.web.threads_view import Files, Side, Visit, check_text, read_uploads, subject_of, unread
+from gateway.web.threads_view import Files, Side, ThreadVisit, check_text, read_uploads, subject_of, unread
 
 router = APIRouter(include_in_schema=False)
 # The notices worker (gateway.workers.notify) issues `verify_sms` and `second_factor` codes as purpose "code".
@@ -99,7 +101,7 @@ def _writable_practitioners(db: Session, keys: Keystore, patient: Patient) -> li
     return sorted(({"id": p.id, "name": practitioner_name(keys, p)} for p in rows), key=lambda p: p["name"])
 
 
-def _thread_context(visit: Visit) -> dict[str, Any]:
+def _thread_context(visit: ThreadVisit) -> dict[str, Any]:
     thread = visit.thread
     names = _practitioner_names(visit.db, visit.keys, {thread.practitioner_id})
     return {
@@ -114,12 +116,8 @@ PATIENT = Side("patient", "/portal", "thread.html", _patient_viewer, _thread_con
 
 @router.get("/portal/")
 def home(request: Request) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    with gw.transaction() as db:
-        viewer = _patient_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def show(visit: Visit) -> Response:
+        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
         patient = _patient(db, viewer)
         return pages.render(
             request,
@@ -130,6 +128,8 @@ def home(request: Request) -> Response:
             threads=_thread_list(db, keys, viewer),
             can_write=bool(_writable_practitioners(db, keys, patient)),
         )
+
+    return signed_in(request, _patient_viewer, show, csrf=None)
 
 
 @router.get("/portal")
@@ -160,12 +160,8 @@ def download(request: Request, thread_id: str, attachment_id: str) -> Response:
 
 @router.get("/portal/new")
 def new_thread_page(request: Request) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    with gw.transaction() as db:
-        viewer = _patient_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def show(visit: Visit) -> Response:
+        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
         patient = _patient(db, viewer)
         return pages.render(
             request,
@@ -181,6 +177,8 @@ def new_thread_page(request: Request) -> Response:
             error=None,
         )
 
+    return signed_in(request, _patient_viewer, show, csrf=None)
+
 
 @router.post("/portal/threads")
 def new_thread(
@@ -191,13 +189,8 @@ def new_thread(
     body: Annotated[str, Form()] = "",
     files: Files = [],  # noqa: B006
 ) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _patient_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def post(visit: Visit) -> Response:
+        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
         patient = _patient(db, viewer)
         choices = _writable_practitioners(db, keys, patient)
         accepted, refused = read_uploads(files)
@@ -239,6 +232,8 @@ def new_thread(
             return again("practitioner")
         record(db, viewer.actor, "message.post", "message", message.id, thread=thread.id, channel="portal")
         return finish(request, RedirectResponse(f"/portal/threads/{thread.id}", status_code=303), gw.settings)
+
+    return signed_in(request, _patient_viewer, post, csrf=csrf)
 
 
 # --- confirming a phone number with the code sent by SMS --------------------------------------------

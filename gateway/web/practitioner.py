@@ -32,6 +32,7 @@ from gateway.web.security import (
     LOGIN_PER_ACCOUNT,
     LOGIN_PER_CLIENT,
     Viewer,
+    Visit,
     allow,
     check_csrf,
     client_key,
@@ -41,8 +42,9 @@ from gateway.web.security import (
     finish,
     open_session,
     set_session_cookie,
+    signed_in,
 )
-from gateway.web.threads_view import Files, Side, Visit, own_thread, subject_of, unread
+from gateway.web.threads_view import Files, Side, ThreadVisit, own_thread, subject_of, unread
 
 router = APIRouter(include_in_schema=False)
 HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -249,14 +251,10 @@ def file_held(
     thread: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
     """File a held SMS into one of the patient's threads with this practitioner, or into a new one."""
-    gw = gateway_of(request)
-    keys = gw.keys
-    check_csrf(request, gw, csrf)
-    held = _held_module()
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+
+    def file_it(visit: Visit) -> Response:
+        held = _held_module()
+        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
         me = _me(db, viewer)
         row = next((h for h in held.list_held(db, me.practice_id) if h.id == held_id), None) if held else None
         if row is None or not has_care(db, row.patient_id, me.id):
@@ -272,15 +270,13 @@ def file_held(
         held.release_held(db, keys, row.id, target.id, actor=viewer.actor)
         return finish(request, RedirectResponse(f"/portal/pro/threads/{target.id}", status_code=303), gw.settings)
 
+    return signed_in(request, _pro_viewer, file_it, csrf=csrf)
+
 
 @router.get("/portal/pro/")
 def inbox(request: Request) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def show(visit: Visit) -> Response:
+        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
         me = _me(db, viewer)
         threads = list_threads(db, practitioner_id=me.id)
         new = unread(db, [t.id for t in threads], "practitioner")
@@ -314,8 +310,10 @@ def inbox(request: Request) -> Response:
             practice=practice.display_name if practice else "",
         )
 
+    return signed_in(request, _pro_viewer, show, csrf=None)
 
-def _thread_context(visit: Visit) -> dict[str, Any]:
+
+def _thread_context(visit: ThreadVisit) -> dict[str, Any]:
     patient = visit.db.get(Patient, visit.thread.patient_id)
     return {"locale": _locale(visit.request, visit.gw), "patient": _patient_label(visit.keys, patient)}
 
@@ -341,7 +339,7 @@ def reply(
 
 @router.post("/portal/pro/threads/{thread_id}/close")
 def close(request: Request, thread_id: str, csrf: Annotated[str, Form()] = "") -> Response:
-    def close_it(visit: Visit) -> Response:
+    def close_it(visit: ThreadVisit) -> Response:
         close_thread(visit.db, visit.thread, actor=visit.viewer.actor)
         target = RedirectResponse(f"/portal/pro/threads/{visit.thread.id}", status_code=303)
         return finish(request, target, visit.gw.settings)
@@ -382,26 +380,19 @@ def _settings_page(
 
 @router.get("/portal/pro/settings")
 def settings_page(request: Request) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys  # noqa: F841
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def show(visit: Visit) -> Response:
+        db, gw, viewer = visit.db, visit.gw, visit.viewer
         return _settings_page(request, gw, _me(db, viewer))
+
+    return signed_in(request, _pro_viewer, show, csrf=None)
 
 
 @router.post("/portal/pro/messaging")
 def messaging(
     request: Request, csrf: Annotated[str, Form()] = "", enabled: Annotated[str, Form(max_length=8)] = ""
 ) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys  # noqa: F841
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def switch(visit: Visit) -> Response:
+        db, gw, viewer = visit.db, visit.gw, visit.viewer
         me = _me(db, viewer)
         wanted = enabled == "on"
         if me.messaging_enabled != wanted:
@@ -409,18 +400,17 @@ def messaging(
             record(db, viewer.actor, "practitioner.messaging", "practitioner", me.id, enabled=wanted)
         return finish(request, RedirectResponse("/portal/pro/settings", status_code=303), gw.settings)
 
+    return signed_in(request, _pro_viewer, switch, csrf=csrf)
+
 
 @router.post("/portal/pro/totp/start")
 def totp_start(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def start(visit: Visit) -> Response:
+        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
         me = _me(db, viewer)
         return _settings_page(request, gw, me, setup=_totp_setup(keys, me, pyotp.random_base32()))
+
+    return signed_in(request, _pro_viewer, start, csrf=csrf)
 
 
 def _totp_setup(keys: Keystore, me: Practitioner, secret: str) -> dict[str, str]:
@@ -436,13 +426,8 @@ def totp_confirm(
     secret: Annotated[str, Form(max_length=64)] = "",
     code: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def confirm(visit: Visit) -> Response:
+        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
         me = _me(db, viewer)
         try:
             pyotp.TOTP(secret).now()
@@ -454,18 +439,15 @@ def totp_confirm(
         record(db, viewer.actor, "practitioner.totp_on", "practitioner", me.id)
         return finish(request, RedirectResponse("/portal/pro/settings", status_code=303), gw.settings)
 
+    return signed_in(request, _pro_viewer, confirm, csrf=csrf)
+
 
 @router.post("/portal/pro/totp/disable")
 def totp_disable(
     request: Request, csrf: Annotated[str, Form()] = "", code: Annotated[str, Form(max_length=20)] = ""
 ) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _pro_viewer(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
+    def disable(visit: Visit) -> Response:
+        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
         me = _me(db, viewer)
         if not _totp_ok(keys, me, code):
             return _settings_page(request, gw, me, status=422, error="totp")
@@ -473,6 +455,8 @@ def totp_disable(
         me.totp_last_step = None
         record(db, viewer.actor, "practitioner.totp_off", "practitioner", me.id)
         return finish(request, RedirectResponse("/portal/pro/settings", status_code=303), gw.settings)
+
+    return signed_in(request, _pro_viewer, disable, csrf=csrf)
 
 
 @router.get("/portal/pro")

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.db.keystore import Keystore
 from gateway.db.tables import Patient, Practitioner, WebSession, new_id
 from gateway.ratelimit import hit
 
@@ -298,3 +300,37 @@ def client_key(request: Request, gw: Gateway) -> str:
     """The client's address as a blind index: rate-limit buckets never hold an address."""
     host = request.client.host if request.client else "-"
     return gw.keys.index("client", host)[:40]
+
+
+# --- a signed-in request ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Visit:
+    """A signed-in viewer's request, inside its write transaction."""
+
+    request: Request
+    gw: Gateway
+    keys: Keystore
+    db: Session
+    viewer: Viewer
+
+
+def signed_in(
+    request: Request,
+    who: Callable[[Request, Session, Gateway], Viewer | Response],
+    act: Callable[[Visit], Response],
+    *,
+    csrf: str | None,
+) -> Response:
+    """`act` in one transaction for the viewer `who` lets in, else `who`'s answer (a sign-in page or redirect).
+    `csrf` is the form's token, checked first; None only for a GET."""
+    gw: Gateway = request.app.state.gateway
+    keys = gw.keys  # loaded before the write transaction (SQLite)
+    if csrf is not None:
+        check_csrf(request, gw, csrf)
+    with gw.transaction() as db:
+        viewer = who(request, db, gw)
+        if not isinstance(viewer, Viewer):
+            return viewer
+        return act(Visit(request, gw, keys, db, viewer))

@@ -34,8 +34,7 @@ from gateway.threads.service import (
     thread_key,
 )
 from gateway.web import pages
-from gateway.web.app import gateway_of
-from gateway.web.security import Viewer, check_csrf, finish
+from gateway.web.security import Viewer, Visit, finish, signed_in
 
 LIMITS = AttachmentLimits()
 MAX_FILES = 10
@@ -53,18 +52,13 @@ class Side:
     # The signed-in viewer of this side, or the answer to someone who is not (sign-in page, second factor).
     signed_in: Callable[[Request, Session, Any], Viewer | Response]
     # The page's locale and the names its template shows besides the thread (called after the audited read).
-    context: Callable[[Visit], dict[str, Any]]
+    context: Callable[[ThreadVisit], dict[str, Any]]
 
 
 @dataclass(frozen=True)
-class Visit:
-    """A signed-in viewer on one of their own threads, inside the request's transaction."""
+class ThreadVisit(Visit):
+    """A signed-in viewer on one of their own threads."""
 
-    request: Request
-    gw: Any
-    keys: Keystore
-    db: Session
-    viewer: Viewer
     thread: Thread
     side: Side
 
@@ -82,25 +76,21 @@ def own_thread(db: Session, viewer: Viewer, thread_id: str, side: Side) -> Threa
 
 
 def on_own_thread(
-    request: Request, side: Side, thread_id: str, act: Callable[[Visit], Response], *, csrf: str | None
+    request: Request, side: Side, thread_id: str, act: Callable[[ThreadVisit], Response], *, csrf: str | None
 ) -> Response:
     """`act` on the signed-in viewer's own thread in one transaction; `csrf` is the form's token (None: a GET)."""
-    gw = gateway_of(request)
-    keys = gw.keys  # loaded before the write transaction (SQLite)
-    if csrf is not None:
-        check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = side.signed_in(request, db, gw)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        thread = own_thread(db, viewer, thread_id, side)
+
+    def on_thread(visit: Visit) -> Response:
+        thread = own_thread(visit.db, visit.viewer, thread_id, side)
         if thread is None:
             return pages.error_page(request, 404)
-        return act(Visit(request, gw, keys, db, viewer, thread, side))
+        return act(ThreadVisit(visit.request, visit.gw, visit.keys, visit.db, visit.viewer, thread, side))
+
+    return signed_in(request, side.signed_in, on_thread, csrf=csrf)
 
 
 def thread_page(
-    visit: Visit,
+    visit: ThreadVisit,
     *,
     status: int = 200,
     draft: str = "",
@@ -132,7 +122,7 @@ def reply(request: Request, side: Side, thread_id: str, *, csrf: str, body: str,
     """Post the viewer's reply; refused files, an empty or too long text or a closed thread show the page
     again with the draft and nothing sent."""
 
-    def post(visit: Visit) -> Response:
+    def post(visit: ThreadVisit) -> Response:
         accepted, refused = read_uploads(files)
         if refused:
             return thread_page(visit, status=422, draft=body, refused=refused)
@@ -154,7 +144,7 @@ def reply(request: Request, side: Side, thread_id: str, *, csrf: str, body: str,
 
 
 def download(request: Request, side: Side, thread_id: str, attachment_id: str) -> Response:
-    def send(visit: Visit) -> Response:
+    def send(visit: ThreadVisit) -> Response:
         response = attachment_response(visit.db, visit.keys, visit.thread, attachment_id, actor=visit.viewer.actor)
         return response if response is not None else pages.error_page(request, 404)
 
