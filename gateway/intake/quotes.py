@@ -180,7 +180,11 @@ def split_reply_text(text: str, *, keep_signature: bool = False) -> tuple[str, s
         # Join a wrapped "On ... wrote:" onto one line so it classifies as one marker.
         if word in text:
             text = marker.sub(lambda m: _LINE_BREAKS.sub(" ", m.group(0)), text)
-    text = _WRAPPED_SCHRIEB_AM.sub(r"\1 \2", _WRAPPED_ADDRESS.sub(lambda m: (m.group(1) or m.group(2)) + " ", text))
+    # Each pattern needs a literal that most replies lack; checking for it first skips a scan of the whole text.
+    if "<" in text and "@" in text:
+        text = _WRAPPED_ADDRESS.sub(lambda m: (m.group(1) or m.group(2)) + " ", text)
+    if " schrieb am " in text:
+        text = _WRAPPED_SCHRIEB_AM.sub(r"\1 \2", text)
     # Quote marks other than ">" ("| ", Usenet's "Name> ") are written as ">" so one rule reads them all.
     text = _OTHER_QUOTE_MARK.sub(">", text)
     all_lines = lines = text.split("\n")
