@@ -28,6 +28,7 @@ from gateway.web.security import (
     RENEW_PER_LINK,
     SecurityHeaders,
     Viewer,
+    Visit,
     allow,
     check_csrf,
     clear_session_cookie,
@@ -37,6 +38,7 @@ from gateway.web.security import (
     finish,
     open_session,
     set_session_cookie,
+    signed_in,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -275,34 +277,30 @@ def second_factor_contact(db: Session, mode: str, patient_id: str, link_contact_
     return usable_contacts[0]
 
 
-def _pending_viewer(request: Request, db: Session, gw) -> Viewer | None:  # type: ignore[no-untyped-def]
+def _pending_viewer(request: Request, db: Session, gw) -> Viewer | Response:  # type: ignore[no-untyped-def]
+    """A patient signed in by link whose second factor is still to come; anyone else goes to the portal."""
     viewer = current_viewer(request, db, gw.settings)
-    return viewer if viewer is not None and viewer.patient_id and viewer.second_factor_pending else None
+    if viewer is not None and viewer.patient_id and viewer.second_factor_pending:
+        return viewer
+    return _redirect(request, gw, "/portal/")
 
 
 @router.get("/portal/code")
 def code_page(request: Request) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys  # noqa: F841
-    with gw.transaction() as db:
-        viewer = _pending_viewer(request, db, gw)
-        if viewer is None:
-            return _redirect(request, gw, "/portal/")
+    def show(visit: Visit) -> Response:
+        db, gw, viewer = visit.db, visit.gw, visit.viewer
         locale = _patient_locale(request, db, gw, viewer)
         return pages.render(request, gw, "second_factor.html", locale=locale, error=None, resent=False)
+
+    return signed_in(request, _pending_viewer, show, csrf=None)
 
 
 @router.post("/portal/code")
 def code_check(
     request: Request, csrf: Annotated[str, Form()] = "", code: Annotated[str, Form(max_length=20)] = ""
 ) -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys  # noqa: F841
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _pending_viewer(request, db, gw)
-        if viewer is None:
-            return _redirect(request, gw, "/portal/")
+    def check(visit: Visit) -> Response:
+        db, gw, viewer = visit.db, visit.gw, visit.viewer
         assert viewer.patient_id is not None
         locale = _patient_locale(request, db, gw, viewer)
         # Every wrong or malformed code counts as an attempt on the patient's live codes (5 at most).
@@ -320,6 +318,8 @@ def code_check(
         set_session_cookie(response, gw.settings, raw)
         return response
 
+    return signed_in(request, _pending_viewer, check, csrf=csrf)
+
 
 def _good_factor(db: Session, row: LoginToken) -> bool:
     """Young enough, and sent to a verified contact (a verification code is not a second factor)."""
@@ -331,13 +331,8 @@ def _good_factor(db: Session, row: LoginToken) -> bool:
 
 @router.post("/portal/code/resend")
 def code_resend(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
-    gw = gateway_of(request)
-    keys = gw.keys  # noqa: F841
-    check_csrf(request, gw, csrf)
-    with gw.transaction() as db:
-        viewer = _pending_viewer(request, db, gw)
-        if viewer is None:
-            return _redirect(request, gw, "/portal/")
+    def resend(visit: Visit) -> Response:
+        db, gw, viewer = visit.db, visit.gw, visit.viewer
         assert viewer.patient_id is not None
         locale = _patient_locale(request, db, gw, viewer)
         if not allow(db, CODE_RESEND, viewer.patient_id):
@@ -352,6 +347,8 @@ def code_resend(request: Request, csrf: Annotated[str, Form()] = "") -> Response
                 channel="sms" if contact.kind == "phone" else "email",
             )
         return pages.render(request, gw, "second_factor.html", locale=locale, error=None, resent=True)
+
+    return signed_in(request, _pending_viewer, resend, csrf=csrf)
 
 
 def _patient_locale(request: Request, db: Session, gw, viewer: Viewer) -> str:  # type: ignore[no-untyped-def]
