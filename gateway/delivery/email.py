@@ -10,6 +10,7 @@ import functools
 import logging
 import random
 import re
+import socket
 import ssl
 import sys
 from dataclasses import dataclass, field
@@ -40,6 +41,13 @@ _FILE_SAFE: Final = re.compile(r"[^A-Za-z0-9._@+-]")
 # An address the email package would print as given: dot-atom local part @ dot-atom domain, ASCII, no name.
 _ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS: Final = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+# The first Message-ID header, when it is on one line after only well-formed header fields (folded ones
+# included); anything else goes through the email package's parser.
+_MESSAGE_ID_LINE: Final = re.compile(
+    rb"(?:(?!message-id:)[!-9;-~]+:[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*)*?"
+    rb"message-id:[ \t]*(<[!-;=?A-~]+@[!-;=?A-~]+>)[ \t]*\r?\n(?![ \t])",
+    re.IGNORECASE,
+)
 # dkimpy logs hashed headers (addresses included) at debug level: give it a logger that never emits.
 _SILENT: Final = logging.Logger("gateway.delivery.dkim", logging.CRITICAL + 1)
 _SIGNED_HEADERS: Final = (
@@ -199,6 +207,9 @@ def _has_header(data: bytes, name: bytes) -> bool:
 
 def message_id_of(message: bytes) -> str:
     """The Message-ID header of a built message (what senders return as the provider id)."""
+    found = _MESSAGE_ID_LINE.match(message)
+    if found is not None:  # the usual one-line header, as build_notice_email writes it
+        return found[1].decode("ascii")
     value = BytesHeaderParser(policy=SMTP).parsebytes(message).get("Message-ID")
     if value is None or not _MSG_ID.fullmatch(str(value).strip()):
         raise ValueError("message has no Message-ID")
@@ -253,6 +264,9 @@ class RelayEmailSender:
 
     async def send(self, message: bytes, *, mail_from: str, to: str) -> str:
         message_id = message_id_of(message)
+        if self._local_hostname is None:
+            # aiosmtplib would look the name up (socket.getfqdn, in a thread) for every message: once is enough.
+            self._local_hostname = await asyncio.to_thread(socket.getfqdn)
         # Provider replies often quote the address back, so none of them is chained or logged.
         try:
             await aiosmtplib.send(

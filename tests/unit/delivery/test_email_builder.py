@@ -174,3 +174,24 @@ def test_long_subjects_fold_and_decode_back(practice: str) -> None:
     msg = email.message_from_bytes(raw, policy=default)
     assert msg["Subject"] == long.subject
     assert [p.get_content().replace("\r\n", "\n") for p in msg.iter_parts()] == [long.text, long.html]
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"From: a@example.org\r\nMessage-ID: <x.1@example.org>\r\n", "<x.1@example.org>"),
+        (b"DKIM-Signature: v=1;\r\n\tb=abc\r\nmessage-id:  <x.1@example.org> \r\n", "<x.1@example.org>"),
+        (b"Message-ID:\r\n <folded@example.org>\r\n", "<folded@example.org>"),
+        (b"Message-ID: <first@example.org>\r\nMessage-ID: <second@example.org>\r\n", "<first@example.org>"),
+        (b"From: a@example.org\n\nMessage-ID: <in-the-body@example.org>\n", None),
+        (b"Message-ID: <not-an-id>\r\n", None),
+        (b"Subject: x\r\n", None),
+    ],
+)
+def test_message_id_of_reads_the_first_header_only(head: bytes, expected: str | None) -> None:
+    message = head + b"\r\nbody\r\n"
+    if expected is None:
+        with pytest.raises(ValueError):
+            message_id_of(message)
+    else:
+        assert message_id_of(message) == expected
