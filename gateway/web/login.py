@@ -195,13 +195,7 @@ def link_spend(
         )
         record(db, f"patient:{patient.id}", "session.login", "patient", patient.id, via="link")
         if factor_contact is not None:
-            add_notice(
-                db,
-                "second_factor",
-                patient_id=patient.id,
-                contact_id=factor_contact.id,
-                channel="sms" if factor_contact.kind == "phone" else "email",
-            )
+            _send_second_factor(db, patient.id, factor_contact)
             target = "/portal/code"
         else:
             target = _landing(db, patient.id, row.thread_id)
@@ -277,6 +271,12 @@ def second_factor_contact(db: Session, mode: str, patient_id: str, link_contact_
     return usable_contacts[0]
 
 
+def _send_second_factor(db: Session, patient_id: str, contact: ContactPoint) -> None:
+    """Queue a second-factor code to `contact`, by SMS to a phone and by email to an address."""
+    channel = "sms" if contact.kind == "phone" else "email"
+    add_notice(db, "second_factor", patient_id=patient_id, contact_id=contact.id, channel=channel)
+
+
 def _pending_viewer(request: Request, db: Session, gw) -> Viewer | Response:  # type: ignore[no-untyped-def]
     """A patient signed in by link whose second factor is still to come; anyone else goes to the portal."""
     viewer = current_viewer(request, db, gw.settings)
@@ -339,13 +339,7 @@ def code_resend(request: Request, csrf: Annotated[str, Form()] = "") -> Response
             return pages.render(request, gw, "error.html", locale=locale, status=429, problem="rate_limited")
         contact = second_factor_contact(db, gw.settings.portal_second_factor, viewer.patient_id, None)
         if contact is not None:
-            add_notice(
-                db,
-                "second_factor",
-                patient_id=viewer.patient_id,
-                contact_id=contact.id,
-                channel="sms" if contact.kind == "phone" else "email",
-            )
+            _send_second_factor(db, viewer.patient_id, contact)
         return pages.render(request, gw, "second_factor.html", locale=locale, error=None, resent=True)
 
     return signed_in(request, _pending_viewer, resend, csrf=csrf)

@@ -18,6 +18,7 @@ from gateway.db.tables import CareRelationship, ContactPoint, Patient, Practitio
 from gateway.directory.contacts import find_contacts, normalize_phone
 from gateway.directory.practices import practitioner_name
 from gateway.errors import Conflict, InvalidInput
+from gateway.intake.attachments import Refused
 from gateway.links import check_code
 from gateway.resources import templates_dir
 from gateway.threads.service import list_threads, open_thread, post_message
@@ -158,24 +159,39 @@ def download(request: Request, thread_id: str, attachment_id: str) -> Response:
     return threads_view.download(request, PATIENT, thread_id, attachment_id)
 
 
+def _new_thread_form(
+    visit: Visit,
+    patient: Patient,
+    practitioners: list[dict[str, str]],
+    *,
+    status: int = 200,
+    chosen: str = "",
+    subject: str = "",
+    draft: str = "",
+    refused: tuple[Refused, ...] = (),
+    error: str | None = None,
+) -> Response:
+    return pages.render(
+        visit.request,
+        visit.gw,
+        "new_thread.html",
+        locale=patient.locale,
+        viewer_kind="patient",
+        status=status,
+        practitioners=practitioners,
+        chosen=chosen,
+        subject=subject,
+        draft=draft,
+        refused=refused,
+        error=error,
+    )
+
+
 @router.get("/portal/new")
 def new_thread_page(request: Request) -> Response:
     def show(visit: Visit) -> Response:
-        db, gw, keys, viewer = visit.db, visit.gw, visit.keys, visit.viewer
-        patient = _patient(db, viewer)
-        return pages.render(
-            request,
-            gw,
-            "new_thread.html",
-            locale=patient.locale,
-            viewer_kind="patient",
-            practitioners=_writable_practitioners(db, keys, patient),
-            chosen="",
-            subject="",
-            draft="",
-            refused=(),
-            error=None,
-        )
+        patient = _patient(visit.db, visit.viewer)
+        return _new_thread_form(visit, patient, _writable_practitioners(visit.db, visit.keys, patient))
 
     return signed_in(request, _patient_viewer, show, csrf=None)
 
@@ -196,14 +212,11 @@ def new_thread(
         accepted, refused = read_uploads(files)
 
         def again(error: str | None) -> Response:
-            return pages.render(
-                request,
-                gw,
-                "new_thread.html",
-                locale=patient.locale,
-                viewer_kind="patient",
+            return _new_thread_form(
+                visit,
+                patient,
+                choices,
                 status=422,
-                practitioners=choices,
                 chosen=practitioner,
                 subject=subject,
                 draft=body,

@@ -123,21 +123,20 @@ def reply(request: Request, side: Side, thread_id: str, *, csrf: str, body: str,
     again with the draft and nothing sent."""
 
     def post(visit: ThreadVisit) -> Response:
+        db, thread = visit.db, visit.thread
         accepted, refused = read_uploads(files)
         if refused:
             return thread_page(visit, status=422, draft=body, refused=refused)
         try:
             check_text(None, body)
             message = post_message(
-                visit.db, visit.keys, visit.thread, author=side.party, channel="portal", body=body, attachments=accepted
+                db, visit.keys, thread, author=side.party, channel="portal", body=body, attachments=accepted
             )
         except (InvalidInput, Conflict) as exc:
             problem = "closed" if isinstance(exc, Conflict) else "empty"
             return thread_page(visit, status=422, draft=body, error=problem)
-        record(
-            visit.db, visit.viewer.actor, "message.post", "message", message.id, thread=visit.thread.id, channel="portal"
-        )
-        target = f"{side.root}/threads/{visit.thread.id}#m-{message.id}"
+        record(db, visit.viewer.actor, "message.post", "message", message.id, thread=thread.id, channel="portal")
+        target = f"{side.root}/threads/{thread.id}#m-{message.id}"
         return finish(request, RedirectResponse(target, status_code=303), visit.gw.settings)
 
     return on_own_thread(request, side, thread_id, post, csrf=csrf)
