@@ -50,7 +50,7 @@ class Side:
     root: str  # where its pages live: "/portal" or "/portal/pro"
     template: str
     # The signed-in viewer of this side, or the answer to someone who is not (sign-in page, second factor).
-    signed_in: Callable[[Request, Session, Any], Viewer | Response]
+    who: Callable[[Request, Session, Any], Viewer | Response]
     # The page's locale and the names its template shows besides the thread (called after the audited read).
     context: Callable[[ThreadVisit], dict[str, Any]]
 
@@ -86,7 +86,7 @@ def on_own_thread(
             return pages.error_page(request, 404)
         return act(ThreadVisit(visit.request, visit.gw, visit.keys, visit.db, visit.viewer, thread, side))
 
-    return signed_in(request, side.signed_in, on_thread, csrf=csrf)
+    return signed_in(request, side.who, on_thread, csrf=csrf)
 
 
 def thread_page(
