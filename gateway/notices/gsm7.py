@@ -4,6 +4,7 @@ The alphabet is a fixed table from the standard (3GPP TS 23.038), small enough t
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Default alphabet, one septet each (the escape 0x1B is left out: it only introduces the extension).
@@ -26,13 +27,18 @@ _REPLACEMENTS = {
 }
 
 
+# The same sets as regular expressions: every notice's SMS form is checked and measured (a C loop, not a Python one).
+_NOT_GSM7 = re.compile("[^" + "".join(re.escape(ch) for ch in sorted(BASIC | EXTENDED)) + "]")
+_EXTENDED_CHAR = re.compile("[" + "".join(re.escape(ch) for ch in sorted(EXTENDED)) + "]")
+
+
 def is_gsm7(text: str) -> bool:
-    return all(ch in BASIC or ch in EXTENDED for ch in text)
+    return _NOT_GSM7.search(text) is None
 
 
 def septets(text: str) -> int:
     """Length of a GSM-7 text in septets (extension characters count two)."""
-    return sum(2 if ch in EXTENDED else 1 for ch in text)
+    return len(text) + len(_EXTENDED_CHAR.findall(text))
 
 
 def segments(text: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -49,7 +48,7 @@ def render(kind: str, ctx: NoticeContext, *, public_url: str) -> RenderedNotice:
         if not ctx.login_url.startswith(prefix) or not _TOKEN.fullmatch(ctx.login_url[len(prefix):]):
             raise ValueError("login_url must be <public url>/l/<token>")
 
-    env = _environment(templates_dir() / "notices")
+    env = _environment()
     folder = f"{kind}/{ctx.locale}/"
     values = {
         "practice_name": ctx.practice_name,
@@ -111,9 +110,10 @@ def _shorten(name: str, budget: int) -> str:
 
 
 @functools.cache
-def _environment(folder: Path) -> Environment:
+def _environment() -> Environment:
+    # One environment per process: each template is compiled on first use and kept (auto_reload off).
     return Environment(
-        loader=FileSystemLoader(folder),
+        loader=FileSystemLoader(templates_dir() / "notices"),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
         trim_blocks=True,
