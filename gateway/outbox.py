@@ -2,9 +2,12 @@
 dispatcher. They hold ids only; the notice is rendered when it is sent."""
 from __future__ import annotations
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from gateway.db.tables import Message, OutboxRow, Thread, new_id
+from gateway.db.tables import Message, OutboxRow, Thread, new_id, utcnow
+
+_INSERT = insert(OutboxRow.__table__)
 
 
 def add_notice(
@@ -18,9 +21,12 @@ def add_notice(
     contact_id: str | None = None,
     channel: str | None = None,
 ) -> OutboxRow:
+    """Write a pending notice now (a Core statement, after the session has flushed the rows it refers to);
+    the returned row is not attached to the session."""
     if (patient_id is None) == (practitioner_id is None):
         raise ValueError("a notice has exactly one recipient")
-    row = OutboxRow(
+    now = utcnow()
+    values = dict(
         id=new_id(),
         kind=kind,
         patient_id=patient_id,
@@ -30,9 +36,13 @@ def add_notice(
         contact_id=contact_id,
         channel=channel,
         state="pending",
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
     )
-    session.add(row)
-    return row
+    # Autoflush on: the message, thread or contact the notice names may still be pending in the session.
+    session.execute(_INSERT, values)
+    return OutboxRow(**values)
 
 
 def notify_other_party(session: Session, thread: Thread, message: Message) -> OutboxRow | None:
