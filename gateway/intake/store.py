@@ -3,7 +3,6 @@ key, the other party's notice and the sender's acknowledgement. The caller commi
 from __future__ import annotations
 
 from datetime import timedelta
-
 from typing import Final
 
 from sqlalchemy import bindparam, select
