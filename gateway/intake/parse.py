@@ -378,14 +378,17 @@ def _attachments(leaves: list[Message], cids: set[str]) -> tuple[Attachment, ...
 
 _AUTO_REPLY_HEADERS: Final = ("X-Autoreply", "X-Autorespond", "X-AutoReply-From", "X-Mail-Autoreply")
 _BULK_PRECEDENCE: Final = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"})
+# Only phrases that autoresponders write: a patient's own subject ("Absence : justificatif", "Je suis
+# absent au rendez-vous", "Out of office until Monday, is my prescription ready?") must stay a message,
+# since a discarded message gets 250 and is never seen.
 _OUT_OF_OFFICE: Final = re.compile(
     r"^\s*(?:"
-    r"out of (?:the )?office(?:\s*(?:[:\-–(\[]|$|auto\s*-?reply|until|till|from|returning))"
+    r"out of (?:the )?office\s*(?:[:\-–(\[]|$)"
     r"|automatic reply\b|auto[\s-]?reply\b|autoreply\b|auto:"
-    r"|r[ée]ponse automatique\b|r[ée]ponse auto\b|message automatique\b|absence du bureau\b"
-    r"|absente?\s*(?:[:\-–(]|$|du bureau|jusqu)|absent\(e\)|absence\s*[:\-–]|message d'absence\b"
-    r"|je suis absente?\b"
-    r"|r[ée]pondeur\b|abwesenheitsnotiz\b|automatische antwort\b|respuesta autom[áa]tica\b"
+    r"|r[ée]ponse automatique\b|message automatique\b|absence du bureau\b|absente? du bureau\b"
+    r"|absent\(e\) du bureau\b|message d'absence\b|absente?\s*$"
+    r"|absente?\s*[:\-–]\s*(?:de\s+)?retour\b|absence\s*[:\-–]\s*cong[ée]s\b"
+    r"|abwesenheitsnotiz\b|automatische antwort\b|respuesta autom[áa]tica\b"
     r"|fuera de la oficina\b|risposta automatica\b|fuori sede\b"
     r")",
     re.IGNORECASE,

@@ -341,6 +341,12 @@ def _mail(subject: str, extra_headers: str = "", body: str = "Bonjour") -> bytes
     ("Absence : congés", "auto_reply"),
     ("Absent", "auto_reply"),
     ("Absent au rendez-vous de demain", "message"),
+    # A patient's own subjects: a discarded message would be lost behind a 250.
+    ("Absence : justificatif pour mon employeur", "message"),
+    ("Je suis absent au rendez-vous de demain", "message"),
+    ("Absente jusqu'au 12, peut-on décaler ?", "message"),
+    ("Répondeur ne marche pas", "message"),
+    ("Out of office until Monday, is my prescription ready?", "message"),
     ("Absence de règles depuis deux mois", "message"),
     ("Out of office hours: is it urgent?", "message"),
     ("Re: Automatic question", "message"),
