@@ -30,6 +30,7 @@ ACCEPTED = "250 2.0.0 Message accepted"
 RCPT_OK = "250 2.1.5 Recipient ok"
 TEMPORARY = "451 4.3.0 Temporary failure, please retry later"
 TOO_BIG = "552 5.3.4 Message too big for system"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients, send the others in another transaction"
 # aiosmtpd answers these itself; we give them their enhanced status codes.
 _NAMED = {
     "552 Error: Too much mail data": TOO_BIG,
@@ -71,6 +72,10 @@ class IntakeHandler:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        if not self.lmtp and envelope.rcpt_tos:
+            # SMTP has one reply for all recipients, which cannot say "stored for one, refused for the other":
+            # one recipient per transaction, and the sender retries the others at once (RFC 5321 4.5.3.1.10).
+            return TOO_MANY_RECIPIENTS
         try:
             destination = await self._run(self.intake.resolve, address)
         except Reject as outcome:

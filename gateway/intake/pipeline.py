@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.app import Gateway
 from gateway.db.tables import PostmasterMail, new_id
-from gateway.crypto import binding
-from gateway.errors import Conflict, Discard, Reject
+from gateway.crypto import DecryptionError, binding
+from gateway.errors import Conflict, Discard, InvalidInput, Reject
 from gateway.intake import classify, identify, route
 from gateway.intake.attachments import AttachmentLimits
 from gateway.intake.authenticate import authenticate
@@ -36,6 +36,7 @@ log = get_logger("gateway.intake")
 
 STEPS = ("resolve", "parse", "classify", "identify", "authenticate", "store")
 MALFORMED = Reject(550, "5.6.0", "Message could not be parsed")
+TOO_LONG = Reject(552, "5.3.4", "Message text is too long")
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,9 @@ class EmailIntake:
 
         if destination.kind == "postmaster":
             return self._keep_for_postmaster(inbound)
-        if classify.is_bounce(item):
+        # Only reports to our notices' own envelope sender can be bounces of our notices: a forged report
+        # sent to any other address must not mark a patient's address as bouncing.
+        if classify.is_bounce(item) and destination.kind == "bounces":
             with gw.transaction() as session:
                 classify.record_bounce(session, keys, item)
         try:
@@ -114,6 +117,12 @@ class EmailIntake:
         except Conflict:
             # The thread was closed (or messaging switched off) between RCPT and the end of DATA.
             raise route.CLOSED from None
+        except DecryptionError:
+            # The patient was erased: the thread can take no more messages.
+            raise route.CLOSED from None
+        except InvalidInput:
+            # Permanent problems of the message itself (text over the limit): a refusal, not a retry.
+            raise TOO_LONG from None
         except IntegrityError:
             # Two deliveries of the same message may race; the unique dedupe key lets exactly one commit.
             # Anything else that broke a constraint is a real failure (451 at the edge).

@@ -168,6 +168,39 @@ def test_hard_bounce_to_notice_address_marks_contact_bouncing(smtp_world):
     assert _count(smtp_world, Message) == 0
 
 
+def test_forged_report_to_another_address_marks_nothing(smtp_world):
+    dsn = (
+        "From: MAILER-DAEMON@evil.example\r\nTo: x\r\nSubject: Undelivered\r\nMessage-ID: <f1@evil.example>\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; evil.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {PATIENT_EMAIL}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--B--\r\n"
+    ).encode()
+    assert smtp_world.send(dsn, smtp_world.reply_address, mail_from="")[0] == 250
+    with smtp_world.gw.readers() as s:
+        assert s.scalar(select(ContactPoint.bouncing_at).where(ContactPoint.patient_id == smtp_world.patient_id)) is None
+
+
+def test_one_recipient_per_smtp_transaction(smtp_world):
+    # One reply covers all recipients in SMTP, so a second one is deferred rather than answered ambiguously.
+    with smtp_world.smtp() as client:
+        client.mail(PATIENT_EMAIL)
+        assert client.rcpt(smtp_world.reply_address)[0] == 250
+        code, text_ = client.rcpt("dr-martin@" + DOMAIN)
+        assert code == 452 and text_.decode().startswith("4.5.3")
+        assert client.data(make_email(to=smtp_world.reply_address).as_bytes())[0] == 250
+    assert len(_messages(smtp_world)) == 1
+
+
+def test_reply_into_an_erased_patients_thread_is_refused(smtp_world):
+    from gateway.directory.patients import erase_patient
+
+    with smtp_world.gw.transaction() as s:
+        erase_patient(s, smtp_world.patient_id)
+    addr = smtp_world.practitioner_reply_address
+    code, text_ = smtp_world.send(make_email(to=addr, sender=DOCTOR_EMAIL), addr, mail_from=DOCTOR_EMAIL)
+    assert code == 550 and text_.startswith("5.7.1")
+
+
 def test_duplicate_message_id_is_stored_once(smtp_world):
     msg = make_email(to=smtp_world.reply_address, message_id="<same-1@patient.example>")
     assert smtp_world.send(msg, smtp_world.reply_address)[0] == 250
