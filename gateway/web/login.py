@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.formparsers import MultiPartParser
 
 from gateway.audit import record
 from gateway.db.tables import ContactPoint, LoginToken, Patient, Thread
@@ -54,6 +55,9 @@ MAX_BODY_BYTES = 28 * 1024 * 1024
 
 def setup(app: FastAPI, gw) -> None:  # type: ignore[no-untyped-def]
     """Security headers and error pages for every portal and API route (this module is mounted first)."""
+    # Starlette spools uploads over 1 MiB to a temporary file, in the clear: keep them in memory instead
+    # (the body is already bounded by MAX_BODY_BYTES in SecurityHeaders).
+    MultiPartParser.spool_max_size = MAX_BODY_BYTES
     app.add_middleware(
         SecurityHeaders, https=gw.settings.resolved_public_url.startswith("https://"), max_body_bytes=MAX_BODY_BYTES
     )

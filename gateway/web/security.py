@@ -68,6 +68,13 @@ class SecurityHeaders:
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 await _too_large(path, send)
                 return
+            if length is None:
+                # A chunked body has no length to check up front: read it here, up to the limit, and replay it.
+                buffered = await _read_bounded(receive, self.max_body_bytes)
+                if buffered is None:
+                    await _too_large(path, send)
+                    return
+                receive = _replay(buffered, receive)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -80,6 +87,30 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def _read_bounded(receive: Receive, limit: int) -> list[Message] | None:
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
+        if not message.get("more_body", False):
+            return messages
+
+
+def _replay(messages: list[Message], then: Receive) -> Receive:
+    pending = list(messages)
+
+    async def receive() -> Message:
+        return pending.pop(0) if pending else await then()
+
+    return receive
 
 
 def _guarded(path: str) -> bool:

@@ -257,3 +257,36 @@ def test_openapi_documents_the_api_and_not_the_portal(site: Site) -> None:
     assert "/api/v1/threads/{thread_id}/messages" in paths and "/api/v1/messages" in paths
     assert not any(p.startswith(("/portal", "/l/")) for p in paths)
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
+
+
+def test_chunked_body_over_the_limit_is_refused(site: Site) -> None:
+    # A chunked request has no Content-Length to refuse it by: the limit must still hold.
+    import httpx
+
+    from gateway.web.login import MAX_BODY_BYTES
+
+    api = _api(site, _key(site))
+
+    def chunks():  # type: ignore[no-untyped-def]
+        piece = b" " * (1024 * 1024)
+        for _ in range(MAX_BODY_BYTES // len(piece) + 2):
+            yield piece
+
+    answer = httpx.post(
+        site.url + "/api/v1/patients", content=chunks(), timeout=60,
+        headers={"Authorization": api.headers["Authorization"], "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 413 and answer.json()["code"] == "too_large"
+    small = httpx.post(
+        site.url + "/api/v1/patients", content=iter([b'{"name": ', b'""}']), timeout=30,
+        headers={"Authorization": api.headers["Authorization"], "Content-Type": "application/json"},
+    )
+    assert small.status_code == 422  # a small chunked body still reaches the API
+
+
+def test_uploads_are_never_spooled_to_disk_in_the_clear(site: Site) -> None:
+    from starlette.formparsers import MultiPartParser
+
+    from gateway.web.login import MAX_BODY_BYTES
+
+    assert MultiPartParser.spool_max_size >= MAX_BODY_BYTES
