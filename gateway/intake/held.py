@@ -94,6 +94,9 @@ def release_held(session: Session, keys: Keystore, held_id: str, thread_id: str,
     thread = get_thread(session, thread_id)
     if thread.practice_id != held.practice_id:
         raise Conflict("the thread belongs to another practice")
+    if thread.patient_id != held.patient_id:
+        # Another patient would read it: a held SMS is only ever filed into its own sender's thread.
+        raise Conflict("the thread belongs to another patient")
     content = held_content(session, keys, held)
     message = post_message(
         session, keys, thread, author="patient", channel="sms", body=content.body, attachments=content.media,

@@ -6,6 +6,7 @@ and token are set, else SMS files under the data dir.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from gateway.delivery import (
     SmsSender,
     TwilioSmsSender,
 )
+from gateway.delivery.errors import TransientDeliveryError
 
 T = TypeVar("T")
 
@@ -76,7 +78,13 @@ class LoopThread:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # Cancel the send so it cannot still deliver after this attempt is counted as failed, and retry.
+            future.cancel()
+            raise TransientDeliveryError("timeout") from None
 
     def close(self) -> None:
         if self._loop.is_closed():
