@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from gateway.audit import record
 from gateway.crypto import DataKey, DecryptionError, binding
@@ -135,26 +136,56 @@ def post_message(
     if not body.strip() and not attachments:
         raise InvalidInput("message is empty")
     key = thread_key(session, keys, thread)
-    message = Message(id=new_id(), thread_id=thread.id, author=author, channel=channel)
-    message.body_ct = key.seal(body, aad=body_aad(message.id, thread.id))
-    message.original_ct = key.seal(original, aad=original_aad(message.id, thread.id)) if original else None
-    message.size = len(body.encode()) + sum(len(a.data) for a in attachments)
-    if dedupe:
-        message.dedupe_source, message.dedupe_key = dedupe
-    message.created_at = datetime.now(timezone.utc)
-    session.add(message)
+    message_id = new_id()
+    created_at = datetime.now(timezone.utc)
+    source, dedupe_key = dedupe if dedupe else (None, None)
+    values: dict[str, Any] = {
+        "id": message_id,
+        "thread_id": thread.id,
+        "author": author,
+        "channel": channel,
+        "body_ct": key.seal(body, aad=body_aad(message_id, thread.id)),
+        "original_ct": key.seal(original, aad=original_aad(message_id, thread.id)) if original else None,
+        "size": len(body.encode()) + sum(len(a.data) for a in attachments),
+        "dedupe_source": source,
+        "dedupe_key": dedupe_key,
+        "created_at": created_at,
+    }
+    # Core statements, not the unit of work: no flush is spent on them. Autoflush stays on so that rows the
+    # caller left pending (the thread, an inbound record) reach the database first, as a flush here did.
+    session.execute(_INSERT_MESSAGE, values)
     if attachments:
-        session.flush()  # the tables have no ORM relationships, so the unit of work needs the parent row first
-    for item in attachments:
-        att = Attachment(id=new_id(), message_id=message.id, content_type=item.content_type[:127], size=len(item.data))
-        att.filename_ct = key.seal(item.filename, aad=attachment_aad(att.id, "filename", thread.id))
-        att.content_ct = key.seal(item.data, aad=attachment_aad(att.id, "content", thread.id))
-        session.add(att)
-    thread.last_message_at = message.created_at
-    session.flush()
+        rows = []
+        for item in attachments:
+            att_id = new_id()
+            rows.append(
+                {
+                    "id": att_id,
+                    "message_id": message_id,
+                    "filename_ct": key.seal(item.filename, aad=attachment_aad(att_id, "filename", thread.id)),
+                    "content_type": item.content_type[:127],
+                    "size": len(item.data),
+                    "content_ct": key.seal(item.data, aad=attachment_aad(att_id, "content", thread.id)),
+                }
+            )
+        session.execute(_INSERT_ATTACHMENT, rows)
+    session.execute(_TOUCH_THREAD, {"thread_id": thread.id, "at": created_at})
+    # The row is written: the object says so too, without being marked for another UPDATE at the next flush.
+    set_committed_value(thread, "last_message_at", created_at)
+    # Not added to the session (its row is already written): callers read its attributes only.
+    message = Message(**values)
     if notify:
         notify_other_party(session, thread, message)
     return message
+
+
+_INSERT_MESSAGE = insert(Message.__table__)
+_INSERT_ATTACHMENT = insert(Attachment.__table__)
+_TOUCH_THREAD = (
+    update(Thread.__table__)
+    .where(Thread.__table__.c.id == bindparam("thread_id"))
+    .values(last_message_at=bindparam("at"))
+)
 
 
 def find_duplicate(session: Session, source: str, key: str) -> Message | None:
