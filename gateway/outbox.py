@@ -42,6 +42,8 @@ def add_notice(
     )
     # Autoflush on: the message, thread or contact the notice names may still be pending in the session.
     session.execute(_INSERT, values)
+    # Read by the in-process dispatcher after the commit, to send at once instead of at its next poll.
+    session.info["outbox_written"] = True
     return OutboxRow(**values)
 
 

@@ -46,3 +46,26 @@ def test_in_process_worker_rides_out_a_relay_outage(settings_factory: Any, canar
         if started:
             relay.stop()
         gw.close()
+
+
+def test_a_committed_message_wakes_the_dispatcher_at_once(settings_factory: Any, canaries: dict[str, str]) -> None:
+    # The poll is an hour: only the commit's own wake-up can send the notice within the test's wait.
+    relay = SmtpSink()
+    relay.start()
+    gw = Gateway(
+        settings_factory(
+            outbound_smtp_url=f"smtp://{relay.host}:{relay.port}", public_url="https://portal.example.test",
+            notice_poll_seconds=3600,
+        )
+    )
+    gw.init()
+    world = make_world(gw, canaries, phone=False, suffix="7", patient_email="wake@example.net")
+    service = NoticeService(gw, worker=True, threads=1).start()
+    try:
+        post(gw, world, "practitioner")
+        wait_for(lambda: any(s == "sent" for s, _, _ in states(gw)), timeout=10)
+        assert [r for m in relay.messages for r in m.rcpt_tos] == ["wake@example.net"]
+    finally:
+        service.stop()
+        relay.stop()
+        gw.close()
