@@ -40,8 +40,10 @@ def add_notice(
         next_attempt_at=now,
         created_at=now,
     )
-    # Autoflush on: the message, thread or contact the notice names may still be pending in the session.
-    session.execute(_INSERT, values)
+    # The message, thread or contact the notice names may still be pending in the session: flushed first
+    # (a no-op when nothing is), then the row is written on the session's connection.
+    session.flush()
+    session.connection().execute(_INSERT, values)
     # Read by the in-process dispatcher after the commit, to send at once instead of at its next poll.
     session.info["outbox_written"] = True
     return OutboxRow(**values)

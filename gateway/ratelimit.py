@@ -30,16 +30,16 @@ def hit(session: Session, bucket: str, window: timedelta, *, now: datetime | Non
     """Count one event in the bucket's current window; returns the count including this one."""
     start = window_start(now or datetime.now(timezone.utc), window)
     params = {"bucket_name": bucket, "start": start}
-    # Nothing pending in the session can change a counter (counters are only ever added, and flushed, below).
-    with session.no_autoflush:
-        count = session.execute(_BUMP, params).scalar()
+    # Nothing pending in the session can change a counter (counters are only ever added, and flushed, below):
+    # the statement goes straight to the session's connection.
+    count = session.connection().execute(_BUMP, params).scalar()
     if count is None:
         try:
             with session.begin_nested():  # a concurrent first hit wins the insert; we then count on it
                 session.add(RateCounter(bucket=bucket, window_start=start, count=1))
             return 1
         except IntegrityError:
-            count = session.execute(_BUMP, params).scalar()
+            count = session.connection().execute(_BUMP, params).scalar()
     return int(count or 0)
 
 

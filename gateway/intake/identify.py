@@ -4,9 +4,9 @@ The envelope sender is recorded but may differ (forwarders rewrite it); the head
 Every refusal here is decided before any 250 and echoes no address."""
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.db.keystore import Keystore
@@ -23,18 +23,22 @@ NO_FROM = Reject(550, "5.7.1", "A single valid From address is required")
 AMBIGUOUS = Reject(550, "5.7.1", "Several patients share this address: please write from the secure portal")
 
 
-_CONTACTS: Final = select(ContactPoint).where(ContactPoint.kind == "email", ContactPoint.bidx == bindparam("bidx"))
+_c = ContactPoint.__table__.c
+# The columns the decision needs, as rows (no ORM objects are built for a lookup).
+_CONTACTS: Final = select(_c.id, _c.patient_id, _c.practitioner_id, _c.bidx, _c.verified_at).where(
+    _c.kind == "email", _c.bidx == bindparam("bidx")
+)
 
 
-def _contacts(session: Session, keys: Keystore, address: str) -> list[ContactPoint]:
+def _contacts(session: Session, keys: Keystore, address: str) -> list[Row[Any]]:
     try:
         bidx = keys.index("email", normalize_email(address))
     except InvalidInput:
         raise NO_FROM from None
-    return list(session.scalars(_CONTACTS, {"bidx": bidx}))
+    return list(session.connection().execute(_CONTACTS, {"bidx": bidx}))
 
 
-def _pick(contacts: list[ContactPoint]) -> ContactPoint:
+def _pick(contacts: list[Row[Any]]) -> Row[Any]:
     verified = [c for c in contacts if c.verified_at is not None]
     if verified:
         return verified[0]

@@ -53,7 +53,7 @@ def resolve(session: Session, keys: Keystore, address: str, *, mail_domain: str,
         token = read_token(keys.tokens, lowered)
         if token is None:
             raise UNKNOWN
-        thread = session.execute(_THREAD, {"thread_id": token.thread_id}).first()
+        thread = session.connection().execute(_THREAD, {"thread_id": token.thread_id}).first()
         if thread is None:
             raise UNKNOWN
         if thread.status != "open" or thread.token_version != token.version:
@@ -64,7 +64,7 @@ def resolve(session: Session, keys: Keystore, address: str, *, mail_domain: str,
             "reply", thread_id=thread.id, party=token.party, practitioner_id=thread.practitioner_id,
             practice_id=thread.practice_id, patient_id=thread.patient_id,
         )
-    practitioner = session.execute(_PRACTITIONER, {"slug": lowered}).first()
+    practitioner = session.connection().execute(_PRACTITIONER, {"slug": lowered}).first()
     if practitioner is None:
         raise UNKNOWN
     if not practitioner.messaging_enabled:

@@ -151,9 +151,12 @@ def post_message(
         "dedupe_key": dedupe_key,
         "created_at": created_at,
     }
-    # Core statements, not the unit of work: no flush is spent on them. Autoflush stays on so that rows the
-    # caller left pending (the thread, an inbound record) reach the database first, as a flush here did.
-    session.execute(_INSERT_MESSAGE, values)
+    # Core statements on the session's connection, not the unit of work: no flush is spent on them, nor the
+    # ORM's execution path (Session.execute). Rows the caller left pending (a new thread, an inbound record)
+    # reach the database first: the session is flushed once, a no-op when nothing is pending.
+    session.flush()
+    conn = session.connection()
+    conn.execute(_INSERT_MESSAGE, values)
     if attachments:
         rows = []
         for item in attachments:
@@ -168,8 +171,8 @@ def post_message(
                     "content_ct": key.seal(item.data, aad=attachment_aad(att_id, "content", thread.id)),
                 }
             )
-        session.execute(_INSERT_ATTACHMENT, rows)
-    session.execute(_TOUCH_THREAD, {"thread_id": thread.id, "at": created_at})
+        conn.execute(_INSERT_ATTACHMENT, rows)
+    conn.execute(_TOUCH_THREAD, {"thread_id": thread.id, "at": created_at})
     # The row is written: the object says so too, without being marked for another UPDATE at the next flush.
     set_committed_value(thread, "last_message_at", created_at)
     # Not added to the session (its row is already written): callers read its attributes only.
@@ -199,7 +202,7 @@ _DUPLICATE = select(Message.__table__.c.id).where(
 
 def has_duplicate(session: Session, source: str, key: str) -> bool:
     """Whether a message with this dedupe key is stored (`find_duplicate` without loading it)."""
-    return session.scalar(_DUPLICATE, {"source": source, "key": key}) is not None
+    return session.connection().execute(_DUPLICATE, {"source": source, "key": key}).first() is not None
 
 
 def read_thread(session: Session, keys: Keystore, thread: Thread, *, actor: str) -> dict[str, Any]:
