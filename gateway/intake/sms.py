@@ -9,6 +9,8 @@ may get one content-free reply a day).
     fetch      MMS media             -> FetchedSms         (no database transaction held meanwhile)
     store      one transaction       -> SmsResult          (message + attachments + outbox row, or the held copy)
 
+An SMS without media goes from identify to store in one write transaction; an MMS is identified and
+routed in a read transaction, its media fetched with no transaction held, then stored in a write one.
 The edge (gateway/ingress/sms.py) turns the result into an HTTP answer, in one place.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final, Literal
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -140,6 +142,14 @@ class SmsResult:
     held_id: str | None = None
     reply: str | None = None  # a content-free SMS to answer with (TwiML), refusals only
     media_to_delete: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What the pipeline does instead of storing: a keyword's effect, or a refusal."""
+
+    keyword: Keyword | None = None
+    refusal: RefusalReason | None = None
 
 
 # -- statements, built once: constructing a select with subqueries costs more than SQLite takes to run it --
@@ -373,6 +383,19 @@ def refused_note(refused: tuple[RefusedMedia, ...], locale: str) -> str:
     return title + "\n" + "\n".join(f"- {r.filename} ({reasons[r.reason]})" for r in refused)
 
 
+_INSERT_INBOUND: Final = insert(SmsInbound.__table__)
+
+
+def _record_inbound(session: Session, item: IdentifiedSms, outcome: Outcome) -> None:
+    """The MessageSid's row, written at once (a Core statement, no flush): a concurrent delivery of the same
+    message breaks its primary key here, before anything else is written."""
+    session.connection().execute(
+        _INSERT_INBOUND,
+        {"message_sid": item.inbound.message_sid, "practice_id": item.practice_id, "outcome": outcome,
+         "received_at": datetime.now(timezone.utc)},
+    )
+
+
 def store(session: Session, gw: Gateway, fetched: FetchedSms) -> SmsResult:
     """Seal and store in the caller's transaction: the message and its attachments with the practitioner's
     notice, or the held copy with the patient's one content-free notice. The MessageSid's row goes in
@@ -388,7 +411,7 @@ def store(session: Session, gw: Gateway, fetched: FetchedSms) -> SmsResult:
     if routed.thread_id is None:
         patient = session.get(Patient, sender.patient_id)
         assert patient is not None
-        session.add(SmsInbound(message_sid=sid, practice_id=item.practice_id, outcome="held"))
+        _record_inbound(session, item, "held")
         queue_deletions(session, fetched.media_paths)
         body = routed.body if not refused else (routed.body + "\n\n" + refused_note(refused, sender.locale)).strip()
         held = hold(
@@ -401,7 +424,7 @@ def store(session: Session, gw: Gateway, fetched: FetchedSms) -> SmsResult:
 
     # Loaded before anything is added, so that this query does not flush a row on its own.
     thread, _patient = session.execute(_THREAD_AND_PATIENT, {"thread": routed.thread_id}).one()
-    session.add(SmsInbound(message_sid=sid, practice_id=item.practice_id, outcome="stored"))
+    _record_inbound(session, item, "stored")
     queue_deletions(session, fetched.media_paths)
     note = refused_note(refused, sender.locale) if refused else None
     if routed.body.strip() or accepted:
@@ -424,7 +447,7 @@ def store(session: Session, gw: Gateway, fetched: FetchedSms) -> SmsResult:
 
 def refuse(session: Session, gw: Gateway, item: IdentifiedSms, reason: str, media_paths: tuple[str, ...]) -> SmsResult:
     """Nothing posted; one content-free reply per number per day, unless that number opted out."""
-    session.add(SmsInbound(message_sid=item.inbound.message_sid, practice_id=item.practice_id, outcome="refused"))
+    _record_inbound(session, item, "refused")
     queue_deletions(session, media_paths)
     reply = None
     opted_out = any(c.opted_out for c in item.candidates)
@@ -474,25 +497,22 @@ class SmsIntake:
         gw.keys  # noqa: B018 - loaded before any write transaction (SQLite: it opens its own read session)
         inbound = parse(form)
         keyword = keyword_of(inbound.body)
-        refusal: RefusalReason | None = None
-        routed: RoutedSms | None = None
+        if not inbound.media:
+            # Nothing to fetch: identify, route and store in one write transaction (one BEGIN, one commit),
+            # the routing read from the very state the message is written into.
+            return self._once(inbound.message_sid, lambda session: self._decide(session, inbound, keyword))
         with gw.readers() as session:
-            conn = session.connection()  # plain selects of columns: Core rows cost less than the ORM's
+            conn = session.connection()
             # Twilio's retry of an MMS must not fetch media that the first delivery stored and deleted.
-            if inbound.media and self._seen(inbound.message_sid, conn):
+            if self._seen(inbound.message_sid, conn):
                 raise Discard("duplicate")
             identified = identify(conn, gw, inbound)
-            if keyword is None:
-                try:
-                    routed = route(conn, identified, now=datetime.now(timezone.utc))
-                except Refused as refused:
-                    refusal = refused.reason  # type: ignore[assignment]
-        if keyword is not None:
-            return self._keyword(identified, keyword)
-        if routed is None:
-            return self._refuse(identified, refusal or "unknown-number")
+            decision = self._route(conn, identified, keyword)
+        if not isinstance(decision, RoutedSms):
+            # A keyword or a refusal: nothing is fetched.
+            return self._once(inbound.message_sid, lambda session: self._answer(session, identified, decision))
         try:
-            fetched = fetch(self.fetcher, routed)
+            fetched = fetch(self.fetcher, decision)
         except MediaError:
             # A concurrent delivery of this MessageSid may have stored it and deleted the media already.
             if self._seen(inbound.message_sid):
@@ -500,24 +520,41 @@ class SmsIntake:
             raise
         return self._once(inbound.message_sid, lambda session: store(session, gw, fetched))
 
-    def _keyword(self, identified: IdentifiedSms, keyword: Keyword) -> SmsResult:
+    def _decide(self, session: Session, inbound: InboundSms, keyword: Keyword | None) -> SmsResult:
+        conn = session.connection()  # plain selects of columns: Core rows cost less than the ORM's
+        identified = identify(conn, self.gw, inbound)
+        decision = self._route(conn, identified, keyword)
+        if not isinstance(decision, RoutedSms):
+            return self._answer(session, identified, decision)
+        return store(session, self.gw, fetch(self.fetcher, decision))
+
+    @staticmethod
+    def _route(conn: Connection, identified: IdentifiedSms, keyword: Keyword | None) -> RoutedSms | _Answer:
+        """The thread (or held copy) to store into, or what to answer instead: a keyword, a refusal."""
+        if keyword is not None:
+            return _Answer(keyword=keyword)
+        try:
+            return route(conn, identified, now=datetime.now(timezone.utc))
+        except Refused as refused:
+            return _Answer(refusal=refused.reason)  # type: ignore[arg-type]
+
+    def _answer(self, session: Session, identified: IdentifiedSms, answer: _Answer) -> SmsResult:
+        if answer.keyword is not None:
+            return self._keyword(session, identified, answer.keyword)
+        return self._refuse(session, identified, answer.refusal or "unknown-number")
+
+    def _keyword(self, session: Session, identified: IdentifiedSms, keyword: Keyword) -> SmsResult:
         if not identified.candidates:
             return SmsResult("keyword", reason=keyword)  # a stranger's STOP: nothing of theirs to change
-
-        def apply(session: Session) -> SmsResult:
-            session.add(SmsInbound(message_sid=identified.inbound.message_sid, practice_id=identified.practice_id,
-                                   outcome="keyword"))
-            apply_keyword(session, identified, keyword)
-            paths = self._paths(identified.inbound)
-            queue_deletions(session, paths)
-            return SmsResult("keyword", reason=keyword, media_to_delete=paths)
-
-        return self._once(identified.inbound.message_sid, apply)
-
-    def _refuse(self, identified: IdentifiedSms, reason: str) -> SmsResult:
+        _record_inbound(session, identified, "keyword")
+        apply_keyword(session, identified, keyword)
         paths = self._paths(identified.inbound)
+        queue_deletions(session, paths)
+        return SmsResult("keyword", reason=keyword, media_to_delete=paths)
+
+    def _refuse(self, session: Session, identified: IdentifiedSms, reason: str) -> SmsResult:
         log.info("sms.refusing", reason=reason, sender=redact(identified.inbound.from_number))
-        return self._once(identified.inbound.message_sid, lambda s: refuse(s, self.gw, identified, reason, paths))
+        return refuse(session, self.gw, identified, reason, self._paths(identified.inbound))
 
     def _paths(self, inbound: InboundSms) -> tuple[str, ...]:
         if self.fetcher is None:
