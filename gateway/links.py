@@ -10,13 +10,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.tables import LoginToken, new_id
 
 PURPOSES = ("login", "verify", "invite", "code")
 MAX_CODE_ATTEMPTS = 5
+_INSERT = insert(LoginToken.__table__)
 
 
 def hash_token(token: str) -> str:
@@ -50,18 +51,26 @@ def issue(
     # A short code is only unique together with its owner, so its hash is salted by the owner.
     stored = hash_token(f"{patient_id or practitioner_id}:{raw}" if digits else raw)
     now = datetime.now(timezone.utc)
-    row = LoginToken(
-        id=new_id(),
-        token_hash=stored,
-        purpose=purpose,
-        patient_id=patient_id,
-        practitioner_id=practitioner_id,
-        contact_id=contact_id,
-        thread_id=thread_id,
-        expires_at=now + ttl,
+    issued = IssuedToken(new_id(), raw, now + ttl)
+    # Written at once with a prebuilt Core insert (autoflush first: the owner may still be pending in the
+    # session) instead of through the unit of work: a notice issues one per send.
+    session.execute(
+        _INSERT,
+        {
+            "id": issued.id,
+            "token_hash": stored,
+            "purpose": purpose,
+            "patient_id": patient_id,
+            "practitioner_id": practitioner_id,
+            "contact_id": contact_id,
+            "thread_id": thread_id,
+            "attempts": 0,
+            "expires_at": issued.expires_at,
+            "used_at": None,
+            "created_at": now,
+        },
     )
-    session.add(row)
-    return IssuedToken(row.id, raw, row.expires_at)
+    return issued
 
 
 def peek(session: Session, token: str, purpose: str) -> LoginToken | None:

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, bindparam, select
 
 from gateway.db.tables import ContactPoint, OutboxRow
 from gateway.notices import KINDS
 
 Channel = Literal["email", "sms"]
+ContactRow = Row[Any]  # a contact's `_CONTACT_COLUMNS`
+NoticeRow = OutboxRow | Row[Any]  # an outbox row, or a row of its columns by the same names
 CONTACT_KIND: Final[dict[str, str]] = {"email": "email", "sms": "phone"}
 CHANNEL_OF: Final[dict[str, Channel]] = {"email": "email", "phone": "sms"}
 # Which contact column a permanent failure sets, by provider error code (the rest mark nothing:
@@ -28,14 +29,27 @@ _UNREACHABLE_TWILIO: Final = frozenset(
 _RELAY_AUTH_SMTP: Final = frozenset({"smtp-530", "smtp-534", "smtp-535", "smtp-538"})
 
 
-# Built once: building and keying a statement costs more than running it (one of these per notice).
+# Built once: building and keying a statement costs more than running it (one of these per notice). Only
+# the columns a route needs, as plain rows: loading ORM objects cost more than the query.
+_CONTACT_COLUMNS: Final = (
+    ContactPoint.id,
+    ContactPoint.kind,
+    ContactPoint.value_ct,
+    ContactPoint.patient_id,
+    ContactPoint.practitioner_id,
+    ContactPoint.verified_at,
+    ContactPoint.bouncing_at,
+    ContactPoint.opted_out_at,
+    ContactPoint.unreachable_at,
+)
+_PINNED_CONTACT: Final = select(*_CONTACT_COLUMNS).where(ContactPoint.id == bindparam("contact_id"))
 _PATIENT_CONTACTS: Final = (
-    select(ContactPoint)
+    select(*_CONTACT_COLUMNS)
     .where(ContactPoint.patient_id == bindparam("owner_id"))
     .order_by(ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
 )
 _PRACTITIONER_CONTACTS: Final = (
-    select(ContactPoint)
+    select(*_CONTACT_COLUMNS)
     .where(ContactPoint.practitioner_id == bindparam("owner_id"))
     .order_by(ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
 )
@@ -47,7 +61,7 @@ class Route:
     contact_id: str
 
 
-def deliverable(contact: ContactPoint, *, pinned: bool = False) -> bool:
+def deliverable(contact: ContactPoint | ContactRow, *, pinned: bool = False) -> bool:
     """Whether a notice may be sent to this contact now (a pinned contact need not be verified yet)."""
     if contact.value_ct is None or (contact.verified_at is None and not pinned):
         return False
@@ -56,28 +70,29 @@ def deliverable(contact: ContactPoint, *, pinned: bool = False) -> bool:
     return contact.opted_out_at is None and contact.unreachable_at is None
 
 
-def choose_routes(session: Session, row: OutboxRow, *, sms_possible: bool = True) -> list[Route]:
+def choose_routes(db: Connection, row: NoticeRow, *, sms_possible: bool = True) -> list[Route]:
     """The routes to try for `row`, best first; empty when the notice can go nowhere."""
-    return [route for route, _ in route_contacts(session, row, sms_possible=sms_possible)]
+    return [route for route, _ in route_contacts(db, row, sms_possible=sms_possible)]
 
 
-def route_contacts(session: Session, row: OutboxRow, *, sms_possible: bool = True) -> list[tuple[Route, ContactPoint]]:
-    """`choose_routes` with each route's contact row, for the caller that reveals the address next."""
+def route_contacts(db: Connection, row: NoticeRow, *, sms_possible: bool = True) -> list[tuple[Route, ContactRow]]:
+    """`choose_routes` with each route's contact (the columns of `_CONTACT_COLUMNS`), for the caller that
+    reveals the address next."""
     spec = KINDS.get(row.kind)
     if spec is None:
         return []
     allowed = {c for c in spec.channels if c != "sms" or sms_possible}
     if row.contact_id is not None:
-        contact = session.get(ContactPoint, row.contact_id)
+        contact = db.execute(_PINNED_CONTACT, {"contact_id": row.contact_id}).one_or_none()
         if contact is None or not _belongs(contact, row) or not deliverable(contact, pinned=True):
             return []
         channel = CHANNEL_OF[contact.kind]
         return [(Route(channel, contact.id), contact)] if channel in allowed else []
     if row.patient_id is not None:
-        contacts = session.scalars(_PATIENT_CONTACTS, {"owner_id": row.patient_id})
+        contacts = db.execute(_PATIENT_CONTACTS, {"owner_id": row.patient_id})
     else:
-        contacts = session.scalars(_PRACTITIONER_CONTACTS, {"owner_id": row.practitioner_id})
-    best: dict[Channel, tuple[Route, ContactPoint]] = {}
+        contacts = db.execute(_PRACTITIONER_CONTACTS, {"owner_id": row.practitioner_id})
+    best: dict[Channel, tuple[Route, ContactRow]] = {}
     for contact in contacts:
         channel = CHANNEL_OF.get(contact.kind)
         if channel in allowed and channel not in best and deliverable(contact):
@@ -88,7 +103,7 @@ def route_contacts(session: Session, row: OutboxRow, *, sms_possible: bool = Tru
     return [best[c] for c in order if c in best]
 
 
-def _belongs(contact: ContactPoint, row: OutboxRow) -> bool:
+def _belongs(contact: ContactRow, row: NoticeRow) -> bool:
     if row.patient_id is not None:
         return contact.patient_id == row.patient_id
     return contact.practitioner_id == row.practitioner_id

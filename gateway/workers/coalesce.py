@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, or_, select
 
 from gateway.db.tables import AuditEvent, LoginToken, OutboxRow
+from gateway.workers.channels import NoticeRow
 
 IN_FLIGHT = ("pending", "queued", "sending")
 SENT = ("sent", "delivered")
@@ -48,12 +48,12 @@ _SEEN: Final = (
 )
 
 
-def covering_notice(session: Session, row: OutboxRow, *, now: datetime, window: timedelta) -> str | None:
+def covering_notice(db: Connection, row: NoticeRow, *, now: datetime, window: timedelta) -> str | None:
     """The id of a notice that already tells this recipient about this thread, or None: send `row`."""
     if row.kind != "new_message" or row.thread_id is None or window <= timedelta(0):
         return None
     by_patient = row.patient_id is not None
-    candidates = session.execute(
+    candidates = db.execute(
         _PATIENT_CANDIDATES if by_patient else _PRACTITIONER_CANDIDATES,
         {
             "thread_id": row.thread_id,
@@ -71,15 +71,15 @@ def covering_notice(session: Session, row: OutboxRow, *, now: datetime, window: 
     if not sent:
         return None
     last = max(sent, key=lambda c: c.sent_at)
-    return None if came_back(session, row, since=last.sent_at) else last.id
+    return None if came_back(db, row, since=last.sent_at) else last.id
 
 
-def came_back(session: Session, row: OutboxRow, *, since: datetime) -> bool:
+def came_back(db: Connection, row: NoticeRow, *, since: datetime) -> bool:
     """Whether the row's recipient logged in (spent a link) or did anything audited since `since`."""
     if row.patient_id is not None:
         owner, owner_id = "patient", row.patient_id
     else:
         owner, owner_id = "practitioner", row.practitioner_id
-    if session.scalar(_SPENT[owner], {"owner_id": owner_id, "since": since}) is not None:
+    if db.scalar(_SPENT[owner], {"owner_id": owner_id, "since": since}) is not None:
         return True
-    return session.scalar(_SEEN, {"actor": f"{owner}:{owner_id}", "since": since}) is not None
+    return db.scalar(_SEEN, {"actor": f"{owner}:{owner_id}", "since": since}) is not None

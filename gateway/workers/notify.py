@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import Update, and_, bindparam, func, or_, select, update
+from sqlalchemy import Row, Update, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway import links
@@ -33,11 +33,12 @@ from gateway.delivery import (
     TransientDeliveryError,
     build_notice_email,
 )
-from gateway.directory.contacts import reveal
+from gateway.directory.contacts import open_value
 from gateway.logs import get_logger
 from gateway.metrics import NOTICE_SECONDS, NOTICES
 from gateway.notices import LOCALES, NoticeContext, RenderedNotice, render
-from gateway.threads.service import original_aad, thread_key, thread_reply_address
+from gateway.threads.addresses import reply_address
+from gateway.threads.service import original_aad
 from gateway.workers.channels import Route, mark_contact, route_contacts
 from gateway.workers.coalesce import covering_notice
 from gateway.workers.senders import LoopThread, Senders
@@ -62,14 +63,42 @@ _EMAIL_SEND_TIMEOUT: Final = 120.0
 # The statements run for every notice, built once with bind parameters: on SQLite, building and keying a
 # statement costs more than running it. The UPDATEs run on the session's connection (Core): the ORM's
 # bulk-update path, with nothing to synchronise, only adds time (about twice the cost of one write).
+# The row, its recipient, their practice and the thread in one query, as plain columns (loading five ORM
+# objects cost more than the query). Labels keep the outbox row's own names free for `covering_notice`
+# and `route_contacts`, which read the row by those names.
 _LOOK: Final = (
-    select(OutboxRow, Patient, Practitioner, Practice, Thread)
+    select(
+        OutboxRow.id,
+        OutboxRow.kind,
+        OutboxRow.state,
+        OutboxRow.claimed_at,
+        OutboxRow.created_at,
+        OutboxRow.patient_id,
+        OutboxRow.practitioner_id,
+        OutboxRow.thread_id,
+        OutboxRow.contact_id,
+        OutboxRow.message_id,
+        OutboxRow.channel,
+        Patient.id.label("patient_found"),
+        Patient.erased_at.label("patient_erased_at"),
+        Patient.locale.label("patient_locale"),
+        Patient.kek_id.label("patient_kek_id"),
+        Patient.dek_wrapped.label("patient_dek_wrapped"),
+        Practitioner.id.label("practitioner_found"),
+        Practice.display_name.label("practice_name"),
+        Practice.sms_number.label("practice_sms_number"),
+        Thread.id.label("thread_found"),
+        Thread.patient_id.label("thread_patient_id"),
+        Thread.code.label("thread_code"),
+        Thread.token_version.label("thread_token_version"),
+    )
     .outerjoin(Patient, Patient.id == OutboxRow.patient_id)
     .outerjoin(Practitioner, Practitioner.id == OutboxRow.practitioner_id)
     .outerjoin(Practice, Practice.id == func.coalesce(Patient.practice_id, Practitioner.practice_id))
     .outerjoin(Thread, Thread.id == OutboxRow.thread_id)
     .where(OutboxRow.id == bindparam("row_id"))
 )
+_ANSWERED: Final = select(Message.id, Message.original_ct).where(Message.id == bindparam("message_id"))
 # Only a queued row, or one whose sender's lease ran out (a killed worker), is claimed.
 _CLAIMABLE: Final = (
     OutboxRow.id == bindparam("row_id"),
@@ -206,43 +235,52 @@ class Notifier:
     # -- reads: whether to send, where, and with which addresses --
 
     def _look(self, session: Session, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
-        # The row, its recipient, their practice and the thread, in one query.
-        found = session.execute(_LOOK, {"row_id": row_id}).one_or_none()
-        if found is None:
-            return None
-        row, patient, practitioner, practice, thread = found
-        if not self._claimable(row.state, row.claimed_at, now):
+        db = session.connection()  # Core statements only: nothing here needs the unit of work
+        row = db.execute(_LOOK, {"row_id": row_id}).one_or_none()
+        if row is None or not self._claimable(row.state, row.claimed_at, now):
             return None
         base = Look(row.kind, row.patient_id, row.practitioner_id, row.thread_id, row.contact_id)
-        covered_by = covering_notice(
-            session, row, now=now, window=timedelta(minutes=self.settings.notice_coalesce_minutes)
-        )
+        covered_by = covering_notice(db, row, now=now, window=timedelta(minutes=self.settings.notice_coalesce_minutes))
         if covered_by is not None:
             return replace(base, covered_by=covered_by)
         if row.patient_id is not None:
-            if patient is None or patient.erased_at is not None:
+            if row.patient_found is None or row.patient_erased_at is not None:
                 return replace(base, fail="erased")
             party = "patient"
-            locale = patient.locale if patient.locale in LOCALES else self.settings.default_locale
+            locale = row.patient_locale if row.patient_locale in LOCALES else self.settings.default_locale
         else:
-            if practitioner is None:
+            if row.practitioner_found is None:
                 return replace(base, fail="no-recipient")
             party, locale = "practitioner", self.settings.default_locale
-        assert practice is not None
-        sms_possible = not self.senders.twilio or practice.sms_number is not None
-        routes = route_contacts(session, row, sms_possible=sms_possible)
+        assert row.practice_name is not None
+        sms_possible = not self.senders.twilio or row.practice_sms_number is not None
+        routes = route_contacts(db, row, sms_possible=sms_possible)
         if not routes:
             return replace(base, fail="no-contact")
+        # Every route's contact belongs to the recipient (route_contacts checks): one key opens them all.
+        key = keys.patient_key(self._patient(row)) if row.patient_id is not None else keys.directory
+        thread = row.thread_found is not None
         return replace(
             base,
-            practice_name=practice.display_name,
+            practice_name=row.practice_name,
             locale=locale,
-            thread_code=thread.code if thread is not None else None,
-            attempts=tuple(Attempt(route, reveal(session, keys, contact)) for route, contact in routes),
-            reply_to=thread_reply_address(keys, thread, party, self.settings.mail_domain) if thread else None,
-            in_reply_to=self._answered_message_id(session, keys, row, thread) if row.kind == "acknowledgement" else None,
-            sms_from=practice.sms_number or "",
+            thread_code=row.thread_code if thread else None,
+            attempts=tuple(Attempt(route, open_value(key, contact)) for route, contact in routes),
+            reply_to=(
+                reply_address(keys.tokens, row.thread_id, party, row.thread_token_version, self.settings.mail_domain)
+                if thread
+                else None
+            ),
+            in_reply_to=(
+                self._answered_message_id(session, keys, row) if row.kind == "acknowledgement" and thread else None
+            ),
+            sms_from=row.practice_sms_number or "",
         )
+
+    @staticmethod
+    def _patient(row: Row[Any]) -> Patient:
+        """The recipient's key material from `_LOOK`, as the (unattached) Patient the keystore reads it from."""
+        return Patient(id=row.patient_id, kek_id=row.patient_kek_id, dek_wrapped=row.patient_dek_wrapped)
 
     def _claimable(self, state: str, claimed_at: datetime | None, now: datetime) -> bool:
         lease = timedelta(seconds=self.settings.notice_lease_seconds)
@@ -317,13 +355,18 @@ class Notifier:
             return None, issued.token
         return None, None
 
-    def _answered_message_id(self, session: Session, keys, row: OutboxRow, thread: Thread | None) -> str | None:  # type: ignore[no-untyped-def]
+    def _answered_message_id(self, session: Session, keys, row: Row[Any]) -> str | None:  # type: ignore[no-untyped-def]
         """The Message-ID of the email an acknowledgement answers (RFC 3834 In-Reply-To), when there is one."""
-        message = session.get(Message, row.message_id) if row.message_id else None
-        if message is None or thread is None or message.original_ct is None:
+        message = session.connection().execute(_ANSWERED, {"message_id": row.message_id}).one_or_none() if row.message_id else None
+        if message is None or message.original_ct is None:
             return None
         try:
-            raw = thread_key(session, keys, thread).open(message.original_ct, aad=original_aad(message.id, thread.id))
+            # The thread's key is its patient's (as `thread_key` finds it), most often the recipient's own.
+            if row.thread_patient_id == row.patient_id:
+                patient = self._patient(row)
+            else:
+                patient = session.get(Patient, row.thread_patient_id)
+            raw = keys.patient_key(patient).open(message.original_ct, aad=original_aad(message.id, row.thread_id))
             value = BytesHeaderParser(policy=SMTP).parsebytes(raw).get("Message-ID")
         except Exception:  # noqa: BLE001 - a missing or odd header only means no In-Reply-To
             return None
