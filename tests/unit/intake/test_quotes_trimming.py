@@ -7,7 +7,10 @@ from email import policy
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.intake import quotes
 from gateway.intake.quotes import html_quote_action, split_reply_text, strip_reply_text
 from gateway.intake.text import html_to_text
 from tests.support.intake_corpus import corpus_file, corpus_names
@@ -186,3 +189,16 @@ def test_html_border_box_with_french_headers_cuts_the_rest() -> None:
 ])
 def test_footer_words_followed_by_more_text_are_kept(text: str) -> None:
     assert strip_reply_text(text) == text
+
+
+# The embedded-mail prefilter is substring tests; it must let through every line the regex it replaced
+# let through (an alternation of the same literals, one branch case-insensitive), or a marker is missed.
+_HINT_REGEX = re.compile(r"[:@]|GMT\+| via |--|(?i:posted by|reply message)")
+_HINT_PIECES = [":", "@", "GMT", "+", " via ", "via", "-", "--", "Posted", "POSTED BY", "posted by", "poſted by",
+                "Reply Message", "reply", " message", "a", "é", " ", "K", "\u212a", "ß", "SS", "\u00a0"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_HINT_PIECES), max_size=8).map("".join) | st.text(max_size=40))
+def test_embedded_hint_passes_every_line_the_regex_did(line: str) -> None:
+    assert quotes._embedded_hint(line) or not _HINT_REGEX.search(line)
