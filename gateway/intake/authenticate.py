@@ -19,6 +19,7 @@ def authenticate(authenticator: MailAuthenticator, item: IdentifiedEmail) -> Aut
         envelope_sender=inbound.mail_from,
         client_ip=inbound.client_ip,
         helo=inbound.helo,
+        reported=email.authentication_results,
     )
     if verdict.temporary and not verdict.passed:
         raise TEMPORARY

@@ -79,6 +79,9 @@ class ParsedEmail:
     references: tuple[str, ...]
     date: datetime | None
     auto_submitted: str | None
+    # Every Authentication-Results value as received (unfolded), topmost first: trust-header authentication
+    # reads the topmost without parsing the message again.
+    authentication_results: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return (f"ParsedEmail(kind={self.kind!r}, body_chars={len(self.body)}, "
@@ -556,4 +559,5 @@ def _parse(raw: bytes, envelope_sender: str | None) -> ParsedEmail:
         references=_msgid_list(msg, "References"),
         date=_date(msg),
         auto_submitted=auto_submitted or None,
+        authentication_results=tuple(_raw_values(msg, "Authentication-Results")),
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -102,15 +103,18 @@ class MailAuthenticator:
         )
 
     def check(
-        self, raw: bytes, *, header_from_domain: str, envelope_sender: str | None, client_ip: str, helo: str | None
+        self, raw: bytes, *, header_from_domain: str, envelope_sender: str | None, client_ip: str, helo: str | None,
+        reported: Sequence[str] | None = None,
     ) -> AuthVerdict:
+        """`reported`: the message's Authentication-Results values, topmost first, when the caller has parsed
+        them already (None: read from `raw`)."""
         if self.mode == "none":
             return AuthVerdict(passed=True, temporary=False, method="none", reason="sender authentication off")
         from_domain = normalise(header_from_domain)
         if not from_domain:
             return AuthVerdict(passed=False, temporary=False, method=self._method_for_mode(), reason="no from domain")
         if self.mode == "trust-header":
-            return self._trust_header(raw, from_domain)
+            return self._trust_header(raw, from_domain, reported)
         assert self._dns is not None  # built for verify mode
         return self._verify(self._dns, raw, from_domain, envelope_sender, client_ip, helo)
 
@@ -119,8 +123,11 @@ class MailAuthenticator:
 
     # --- trust-header ---------------------------------------------------------------------------------
 
-    def _trust_header(self, raw: bytes, from_domain: str) -> AuthVerdict:
-        value = topmost_authentication_results(raw)
+    def _trust_header(self, raw: bytes, from_domain: str, reported: Sequence[str] | None) -> AuthVerdict:
+        if reported is None:
+            value = topmost_authentication_results(raw)
+        else:
+            value = reported[0] if reported else None
         parsed = parse_results(value) if value is not None else None
         if parsed is None or parsed.authserv_id != self._authserv_id:
             return AuthVerdict(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.intake.mailauth import AuthVerdict, MailAuthenticator
+from gateway.intake.parse import parse
 from tests.support.mailsign import message
 
 OURS = "mx.gateway.test"
@@ -23,6 +24,10 @@ def with_results(*values: str, from_addr: str = "alice@example.org") -> bytes:
 def check(auth: MailAuthenticator, raw: bytes, from_domain: str = "example.org") -> AuthVerdict:
     verdict = auth.check(raw, header_from_domain=from_domain, envelope_sender="alice@example.org",
                          client_ip="192.0.2.10", helo="mx.example.org")
+    # The pipeline hands over the values its parse step read; the verdict must be the one read from the raw.
+    reported = parse(raw, envelope_sender="alice@example.org").authentication_results
+    assert auth.check(raw, header_from_domain=from_domain, envelope_sender="alice@example.org",
+                      client_ip="192.0.2.10", helo="mx.example.org", reported=reported) == verdict
     assert verdict.method == "trust-header"
     assert "@" not in verdict.reason and "example" not in verdict.reason
     return verdict
