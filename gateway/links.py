@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.tables import LoginToken, new_id
@@ -32,7 +32,7 @@ class IssuedToken:
 
 
 def issue(
-    session: Session,
+    session: Session | Connection,
     purpose: str,
     *,
     ttl: timedelta,
@@ -42,7 +42,8 @@ def issue(
     thread_id: str | None = None,
     digits: int | None = None,
 ) -> IssuedToken:
-    """A fresh token (url-safe, 256 bits), or a numeric code of `digits` digits when given."""
+    """A fresh token (url-safe, 256 bits), or a numeric code of `digits` digits when given (written on the
+    session, or on a bare connection for a caller with Core statements only)."""
     if purpose not in PURPOSES:
         raise ValueError("unknown token purpose")
     if (patient_id is None) == (practitioner_id is None):
@@ -52,8 +53,8 @@ def issue(
     stored = hash_token(f"{patient_id or practitioner_id}:{raw}" if digits else raw)
     now = datetime.now(timezone.utc)
     issued = IssuedToken(new_id(), raw, now + ttl)
-    # Written at once with a prebuilt Core insert (autoflush first: the owner may still be pending in the
-    # session) instead of through the unit of work: a notice issues one per send.
+    # Written at once with a prebuilt Core insert (a session autoflushes first: the owner may still be
+    # pending in it) instead of through the unit of work: a notice issues one per send.
     session.execute(
         _INSERT,
         {

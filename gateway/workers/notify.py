@@ -19,8 +19,7 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP
 from typing import Any, Final
 
-from sqlalchemy import Row, Update, and_, bindparam, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, Update, and_, bindparam, func, or_, select, update
 
 from gateway import links
 from gateway.app import Gateway
@@ -42,7 +41,7 @@ from gateway.threads.service import original_aad
 from gateway.workers.channels import Route, mark_contact, route_contacts
 from gateway.workers.coalesce import covering_notice
 from gateway.workers.senders import LoopThread, Senders
-from gateway.workers.writes import writing
+from gateway.workers.writes import reading_rows, writing, writing_rows
 
 log = get_logger("gateway.workers.notify")
 
@@ -61,8 +60,9 @@ _EMAIL_SEND_TIMEOUT: Final = 120.0
 
 
 # The statements run for every notice, built once with bind parameters: on SQLite, building and keying a
-# statement costs more than running it. The UPDATEs run on the session's connection (Core): the ORM's
-# bulk-update path, with nothing to synchronise, only adds time (about twice the cost of one write).
+# statement costs more than running it. They run on a bare connection (Core, `reading_rows`/`writing_rows`):
+# the ORM's bulk-update path, with nothing to synchronise, only adds time (about twice the cost of one write).
+#
 # The row, its recipient, their practice and the thread in one query, as plain columns (loading five ORM
 # objects cost more than the query). Labels keep the outbox row's own names free for `covering_notice`
 # and `route_contacts`, which read the row by those names.
@@ -99,6 +99,7 @@ _LOOK: Final = (
     .where(OutboxRow.id == bindparam("row_id"))
 )
 _ANSWERED: Final = select(Message.id, Message.original_ct).where(Message.id == bindparam("message_id"))
+_PATIENT_KEY: Final = select(Patient.id, Patient.kek_id, Patient.dek_wrapped).where(Patient.id == bindparam("patient_id"))
 # Only a queued row, or one whose sender's lease ran out (a killed worker), is claimed.
 _CLAIMABLE: Final = (
     OutboxRow.id == bindparam("row_id"),
@@ -221,12 +222,12 @@ class Notifier:
         transaction that claims the row and issues its link is kept short, since SQLite has one writer."""
         keys = self.gw.keys  # loaded before any transaction (SQLite: it opens its own read session)
         now = datetime.now(timezone.utc)
-        with self.gw.readers() as session:
-            look = self._look(session, keys, row_id, now)
+        with reading_rows(self.gw) as db:
+            look = self._look(db, keys, row_id, now)
         if look is None:
             return None
-        with writing(self.gw) as session:
-            claimed = self._claim(session, row_id, now, look)
+        with writing_rows(self.gw) as db:
+            claimed = self._claim(db, row_id, now, look)
         if not isinstance(claimed, Claimed):
             return claimed
         plan = self._plan(row_id, look, claimed)
@@ -234,8 +235,7 @@ class Notifier:
 
     # -- reads: whether to send, where, and with which addresses --
 
-    def _look(self, session: Session, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
-        db = session.connection()  # Core statements only: nothing here needs the unit of work
+    def _look(self, db: Connection, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
         row = db.execute(_LOOK, {"row_id": row_id}).one_or_none()
         if row is None or not self._claimable(row.state, row.claimed_at, now):
             return None
@@ -272,7 +272,7 @@ class Notifier:
                 else None
             ),
             in_reply_to=(
-                self._answered_message_id(session, keys, row) if row.kind == "acknowledgement" and thread else None
+                self._answered_message_id(db, keys, row) if row.kind == "acknowledgement" and thread else None
             ),
             sms_from=row.practice_sms_number or "",
         )
@@ -288,11 +288,11 @@ class Notifier:
 
     # -- one short write: claim the row (or settle it) and issue its link; rendering waits for the commit --
 
-    def _claim(self, session: Session, row_id: str, now: datetime, look: Look) -> Claimed | str | None:
+    def _claim(self, db: Connection, row_id: str, now: datetime, look: Look) -> Claimed | str | None:
         claimable = {"row_id": row_id, "lease_expired": now - timedelta(seconds=self.settings.notice_lease_seconds)}
         if look.covered_by is not None or look.fail is not None:
             state = "coalesced" if look.covered_by is not None else "failed"
-            done = session.connection().execute(_SETTLE, {**claimable, "new_state": state, "new_error_code": look.fail})
+            done = db.execute(_SETTLE, {**claimable, "new_state": state, "new_error_code": look.fail})
             if done.rowcount != 1:
                 return None
             NOTICES.labels("none", state).inc()
@@ -301,10 +301,10 @@ class Notifier:
             else:
                 log.warning("notice.failed", row=row_id, kind=look.kind, code=look.fail)
             return state
-        claimed = session.connection().execute(_CLAIM, {**claimable, "new_claimed_at": now}).first()
+        claimed = db.execute(_CLAIM, {**claimable, "new_claimed_at": now}).first()
         if claimed is None:
             return None
-        login_url, code = self._issue_token(session, look)
+        login_url, code = self._issue_token(db, look)
         return Claimed(claimed.attempts, claimed.created_at, login_url, code)
 
     def _plan(self, row_id: str, look: Look, claimed: Claimed) -> Plan | str:
@@ -336,13 +336,13 @@ class Notifier:
             sms_from=look.sms_from,
         )
 
-    def _issue_token(self, session: Session, look: Look) -> tuple[str | None, str | None]:
+    def _issue_token(self, db: Connection, look: Look) -> tuple[str | None, str | None]:
         # Issued at send time: the raw token exists only in this notice, never in the outbox or a log.
         owner = {"patient_id": look.patient_id, "practitioner_id": look.practitioner_id}
         purpose = LINK_PURPOSE.get(look.kind)
         if purpose is not None:
             issued = links.issue(
-                session,
+                db,
                 purpose,
                 ttl=timedelta(hours=self.settings.login_link_ttl_hours),
                 contact_id=look.contact_id,
@@ -351,13 +351,13 @@ class Notifier:
             )
             return f"{self.settings.resolved_public_url}/l/{issued.token}", None
         if look.kind in CODE_KINDS:
-            issued = links.issue(session, "code", ttl=CODE_TTL, contact_id=look.contact_id, digits=6, **owner)
+            issued = links.issue(db, "code", ttl=CODE_TTL, contact_id=look.contact_id, digits=6, **owner)
             return None, issued.token
         return None, None
 
-    def _answered_message_id(self, session: Session, keys, row: Row[Any]) -> str | None:  # type: ignore[no-untyped-def]
+    def _answered_message_id(self, db: Connection, keys, row: Row[Any]) -> str | None:  # type: ignore[no-untyped-def]
         """The Message-ID of the email an acknowledgement answers (RFC 3834 In-Reply-To), when there is one."""
-        message = session.connection().execute(_ANSWERED, {"message_id": row.message_id}).one_or_none() if row.message_id else None
+        message = db.execute(_ANSWERED, {"message_id": row.message_id}).one_or_none() if row.message_id else None
         if message is None or message.original_ct is None:
             return None
         try:
@@ -365,7 +365,8 @@ class Notifier:
             if row.thread_patient_id == row.patient_id:
                 patient = self._patient(row)
             else:
-                patient = session.get(Patient, row.thread_patient_id)
+                found = db.execute(_PATIENT_KEY, {"patient_id": row.thread_patient_id}).one()
+                patient = Patient(id=found.id, kek_id=found.kek_id, dek_wrapped=found.dek_wrapped)
             raw = keys.patient_key(patient).open(message.original_ct, aad=original_aad(message.id, row.thread_id))
             value = BytesHeaderParser(policy=SMTP).parsebytes(raw).get("Message-ID")
         except Exception:  # noqa: BLE001 - a missing or odd header only means no In-Reply-To
@@ -374,10 +375,8 @@ class Notifier:
         return text if text.startswith("<") and text.endswith(">") and "@" in text and " " not in text else None
 
     def _finish_now(self, row_id: str, kind: str, code: str) -> str:
-        with writing(self.gw) as session:
-            session.connection().execute(
-                _outcome(("error_code",)), {"row_id": row_id, "new_state": "failed", "new_error_code": code}
-            )
+        with writing_rows(self.gw) as db:
+            db.execute(_outcome(("error_code",)), {"row_id": row_id, "new_state": "failed", "new_error_code": code})
         NOTICES.labels("none", "failed").inc()
         log.warning("notice.failed", row=row_id, kind=kind, code=code)
         return "failed"
@@ -474,8 +473,8 @@ class Notifier:
         """Write the outcome unless the row already reached a final state (a duplicate run finished first)."""
         names = tuple(sorted(values))
         params = {"row_id": plan.row_id, "new_state": state, **{f"new_{name}": values[name] for name in names}}
-        with writing(self.gw) as session:
-            session.connection().execute(_outcome(names), params)
+        with writing_rows(self.gw) as db:
+            db.execute(_outcome(names), params)
         NOTICES.labels(metric_channel, metric_state or state).inc()
         if state == "sent":
             log.info("notice.sent", row=plan.row_id, kind=plan.kind, channel=metric_channel, attempt=plan.attempts)
