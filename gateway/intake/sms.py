@@ -21,6 +21,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 from sqlalchemy import Connection, Row, and_, bindparam, func, insert, or_, select, update
@@ -181,14 +182,16 @@ _NOTICED = (
     )
     .scalar_subquery()
 )
-# The patients' threads at the practice, with what decides whether they may write there.
+# The patients' threads, with what decides whether they may write there. The practice is checked on the
+# rows (route): with `threads.practice_id = ?` in the query, SQLite walks the whole practice's threads by
+# that index instead of the patients' few by theirs.
 _THREADS = (
-    select(Thread.id, Thread.code, Thread.status, Thread.patient_id, Practitioner.messaging_enabled,
+    select(Thread.id, Thread.code, Thread.status, Thread.patient_id, Thread.practice_id, Practitioner.messaging_enabled,
            CareRelationship.id.label("care_id"), _NOTICED.label("noticed_at"))
     .join(Practitioner, Practitioner.id == Thread.practitioner_id)
     .outerjoin(CareRelationship, and_(CareRelationship.patient_id == Thread.patient_id,
                                       CareRelationship.practitioner_id == Thread.practitioner_id))
-    .where(Thread.patient_id.in_(bindparam("patients", expanding=True)), Thread.practice_id == bindparam("practice"))
+    .where(Thread.patient_id.in_(bindparam("patients", expanding=True)))
 )
 # The patient comes along so that sealing (post_message) finds their key without another query.
 _THREAD_AND_PATIENT = select(Thread, Patient).join(Patient, Patient.id == Thread.patient_id).where(
@@ -224,14 +227,23 @@ def parse(form: Mapping[str, str]) -> InboundSms:
     )
 
 
+@lru_cache(maxsize=64)
+def _practice_number(to_number: str) -> str | None:
+    """`To` in E.164, None when it is not a phone number. Remembered: `To` is one of the practices' own
+    (public) numbers, the same few on every webhook, and parsing one costs more than the query it feeds."""
+    try:
+        return normalize_phone(to_number)
+    except InvalidInput:
+        return None
+
+
 def identify(conn: Connection, gw: Gateway, inbound: InboundSms) -> IdentifiedSms:
     """`To` names the practice; `From`, by blind index, the contacts of that practice's patients with that
     number. One query: the practice, outer-joined to the matching contacts."""
     keys = gw.keys
-    try:
-        practice_number = normalize_phone(inbound.to_number)
-    except InvalidInput:
-        raise Discard("unknown-practice-number") from None
+    practice_number = _practice_number(inbound.to_number)
+    if practice_number is None:
+        raise Discard("unknown-practice-number")
     try:
         bidx: str | None = keys.index("phone", normalize_phone(inbound.from_number))
     except InvalidInput:
@@ -306,11 +318,11 @@ def route(conn: Connection, item: IdentifiedSms, *, now: datetime) -> RoutedSms:
     if not verified:
         raise Refused("unverified" if item.candidates else "unknown-number")
     by_patient = {c.patient_id: c for c in reversed(verified)}  # the first contact of each patient wins
-    threads = conn.execute(
+    rows = conn.execute(
         _THREADS,
-        {"patients": list(by_patient), "practice": item.practice_id, "since": now - RECENT_NOTICE,
-         "contacts": [c.contact_id for c in verified]},
+        {"patients": list(by_patient), "since": now - RECENT_NOTICE, "contacts": [c.contact_id for c in verified]},
     ).all()
+    threads = [t for t in rows if t.practice_id == item.practice_id]
     body = item.inbound.body
 
     coded = leading_code(body, {t.code.upper() for t in threads})
