@@ -661,13 +661,20 @@ def poll_messages(
     gw = gateway_of(request)
     keys = gw.keys
     with gw.transaction() as db:
-        rows = db.execute(
+        practice_messages = (
             select(Message, Thread)
             .join(Thread, Thread.id == Message.thread_id)
-            .where(Thread.practice_id == who.practice_id, Message.created_at > _utc(since))
+            .where(Thread.practice_id == who.practice_id)
             .order_by(Message.created_at, Message.id)
-            .limit(limit)
-        ).all()
+        )
+        rows = db.execute(practice_messages.where(Message.created_at > _utc(since)).limit(limit)).all()
+        if len(rows) == limit:
+            # The next poll asks for what is strictly after the last instant returned: messages sharing that
+            # instant but cut off by the limit would never be returned. The page takes them too.
+            last = rows[-1][0]
+            rows += db.execute(
+                practice_messages.where(Message.created_at == last.created_at, Message.id > last.id)
+            ).all()
         data_keys: dict[str, DataKey | None] = {}
         out = []
         for message, thread in rows:

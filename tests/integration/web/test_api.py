@@ -9,9 +9,9 @@ import socket
 from datetime import datetime, timezone
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from gateway.db.tables import ApiKey, AuditEvent
+from gateway.db.tables import ApiKey, AuditEvent, Message
 from gateway.web.api import create_key, revoke_key
 from tests.integration.web.conftest import PDF, Site
 
@@ -177,6 +177,24 @@ def test_polling_with_since(site: Site) -> None:
     with site.gw.readers() as s:
         polls = s.scalars(select(AuditEvent.detail).where(AuditEvent.action == "thread.read")).all()
     assert polls and all('"via": "poll"' in (d or "") for d in polls)
+
+
+def test_polling_pages_never_skip_messages_sharing_an_instant(site: Site) -> None:
+    api = _api(site, _key(site))
+    start = api.get("/api/v1/messages", params={"since": "2000-01-01T00:00:00Z", "limit": 500}).json()["next_since"]
+    posted = [api.post(f"/api/v1/threads/{site.world.thread_b}/messages", json={"body": f"Same instant {i}"}).json()["id"]
+              for i in range(3)]
+    with site.gw.transaction() as s:  # as if three writers had read the clock at once
+        s.execute(update(Message).where(Message.id.in_(posted)).values(created_at=datetime.now(timezone.utc)))
+    seen: list[str] = []
+    since = start
+    for _ in range(5):  # limit 1: the page must still take every message of its instant
+        page = api.get("/api/v1/messages", params={"since": since, "limit": 1}).json()
+        if not page["messages"]:
+            break
+        seen += [m["id"] for m in page["messages"]]
+        since = page["next_since"]
+    assert sorted(seen) == sorted(posted)
 
 
 def test_attachment_rules_and_sizes(site: Site) -> None:
