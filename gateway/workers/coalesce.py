@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, or_, select
+from sqlalchemy import ColumnElement, Connection, Exists, Select, and_, bindparam, exists, or_, select
+from sqlalchemy.orm import aliased
 
 from gateway.db.tables import AuditEvent, LoginToken, OutboxRow
 from gateway.workers.channels import NoticeRow
@@ -18,17 +19,46 @@ IN_FLIGHT = ("pending", "queued", "sending")
 SENT = ("sent", "delivered")
 
 
-def _candidates(owner: ColumnElement[bool]) -> Select[tuple[str, str, datetime, datetime | None]]:
+def _one_of(column: ColumnElement[str], values: tuple[str, ...]) -> ColumnElement[bool]:
+    # `column IN (...)` spelt with plain bind parameters: an IN list's expanding parameter is rendered
+    # again at every execution, which costs more than the query on SQLite.
+    return or_(*(column == value for value in values))
+
+
+def _candidate_terms(
+    other: type[OutboxRow], *, thread_id: object, row_id: object, owner: ColumnElement[bool], since: object
+) -> tuple[ColumnElement[bool], ...]:
     # One query for both rules; a thread holds few notices that are in flight or recently sent.
-    return select(OutboxRow.id, OutboxRow.state, OutboxRow.created_at, OutboxRow.sent_at).where(
-        OutboxRow.kind == "new_message",
-        OutboxRow.thread_id == bindparam("thread_id"),
-        OutboxRow.id != bindparam("row_id"),
+    return (
+        other.kind == "new_message",
+        other.thread_id == thread_id,
+        other.id != row_id,
         owner,
-        or_(
-            OutboxRow.state.in_(IN_FLIGHT),
-            and_(OutboxRow.state.in_(SENT), OutboxRow.sent_at > bindparam("since")),
-        ),
+        or_(_one_of(other.state, IN_FLIGHT), and_(_one_of(other.state, SENT), other.sent_at > since)),
+    )
+
+
+def _candidates(owner: ColumnElement[bool]) -> Select[tuple[str, str, datetime, datetime | None]]:
+    return select(OutboxRow.id, OutboxRow.state, OutboxRow.created_at, OutboxRow.sent_at).where(
+        *_candidate_terms(
+            OutboxRow, thread_id=bindparam("thread_id"), row_id=bindparam("row_id"), owner=owner, since=bindparam("since")
+        )
+    )
+
+
+def any_candidate() -> Exists:
+    """Whether `covering_notice` has anything to look at for the enclosing query's outbox row (most notices
+    have not: asked inside the query that reads the row, it saves a query per notice). Its bind parameter
+    `coalesce_since` is `since` of `covering_notice`: now less the coalescing window."""
+    other = aliased(OutboxRow)
+    owner = or_(
+        other.patient_id == OutboxRow.patient_id,
+        and_(OutboxRow.patient_id.is_(None), other.practitioner_id == OutboxRow.practitioner_id),
+    )
+    return exists().where(
+        *_candidate_terms(
+            other, thread_id=OutboxRow.thread_id, row_id=OutboxRow.id, owner=owner, since=bindparam("coalesce_since")
+        )
     )
 
 

@@ -39,7 +39,7 @@ from gateway.notices import LOCALES, NoticeContext, RenderedNotice, render
 from gateway.threads.addresses import reply_address
 from gateway.threads.service import original_aad
 from gateway.workers.channels import Route, mark_contact, route_contacts
-from gateway.workers.coalesce import covering_notice
+from gateway.workers.coalesce import any_candidate, covering_notice
 from gateway.workers.senders import LoopThread, Senders
 from gateway.workers.writes import reading_rows, writing, writing_rows
 
@@ -91,6 +91,7 @@ _LOOK: Final = (
         Thread.patient_id.label("thread_patient_id"),
         Thread.code.label("thread_code"),
         Thread.token_version.label("thread_token_version"),
+        any_candidate().label("may_be_covered"),
     )
     .outerjoin(Patient, Patient.id == OutboxRow.patient_id)
     .outerjoin(Practitioner, Practitioner.id == OutboxRow.practitioner_id)
@@ -133,7 +134,8 @@ def _outcome(names: tuple[str, ...]) -> Update:
     """Write an outcome (`new_state`, `new_<name>`…) unless the row already reached a final state."""
     return (
         update(OutboxRow)
-        .where(OutboxRow.id == bindparam("row_id"), OutboxRow.state.not_in(FINISHED))
+        # NOT IN spelt with plain bind parameters (an IN list's expanding parameter is rendered per execution).
+        .where(OutboxRow.id == bindparam("row_id"), *(OutboxRow.state != state for state in FINISHED))
         .values(state=bindparam("new_state"), claimed_at=None, **{name: bindparam(f"new_{name}") for name in names})
         .execution_options(synchronize_session=False)
     )
@@ -236,11 +238,12 @@ class Notifier:
     # -- reads: whether to send, where, and with which addresses --
 
     def _look(self, db: Connection, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
-        row = db.execute(_LOOK, {"row_id": row_id}).one_or_none()
+        window = timedelta(minutes=self.settings.notice_coalesce_minutes)
+        row = db.execute(_LOOK, {"row_id": row_id, "coalesce_since": now - window}).one_or_none()
         if row is None or not self._claimable(row.state, row.claimed_at, now):
             return None
         base = Look(row.kind, row.patient_id, row.practitioner_id, row.thread_id, row.contact_id)
-        covered_by = covering_notice(db, row, now=now, window=timedelta(minutes=self.settings.notice_coalesce_minutes))
+        covered_by = covering_notice(db, row, now=now, window=window) if row.may_be_covered else None
         if covered_by is not None:
             return replace(base, covered_by=covered_by)
         if row.patient_id is not None:
