@@ -41,7 +41,7 @@ from gateway.threads.service import original_aad
 from gateway.workers.channels import Route, mark_contact, route_contacts
 from gateway.workers.coalesce import any_candidate, covering_notice
 from gateway.workers.senders import LoopThread, Senders
-from gateway.workers.writes import reading_rows, writing, writing_rows
+from gateway.workers.writes import writing, writing_rows
 
 log = get_logger("gateway.workers.notify")
 
@@ -220,22 +220,23 @@ class Notifier:
     def deliver(self, row_id: str) -> str | None:
         """Send the notice of a claimed (`queued`) row; returns the row's new state, None if it was not ours.
 
-        Everything that only reads (coalescing, routes, addresses) happens in a read transaction; the write
-        transaction that claims the row and issues its link is kept short, since SQLite has one writer."""
+        One short transaction reads what the claim needs (coalescing, routes, addresses: two queries) and
+        claims the row and issues its link; rendering and sending wait for its commit. A separate read
+        transaction before it cost more (a connection, a BEGIN and a COMMIT per notice) than the writer
+        lock is held for the two queries."""
         keys = self.gw.keys  # loaded before any transaction (SQLite: it opens its own read session)
         now = datetime.now(timezone.utc)
-        with reading_rows(self.gw) as db:
-            look = self._look(db, keys, row_id, now)
-        if look is None:
-            return None
         with writing_rows(self.gw) as db:
+            look = self._look(db, keys, row_id, now)
+            if look is None:
+                return None
             claimed = self._claim(db, row_id, now, look)
         if not isinstance(claimed, Claimed):
             return claimed
         plan = self._plan(row_id, look, claimed)
         return self._send(plan) if isinstance(plan, Plan) else plan
 
-    # -- reads: whether to send, where, and with which addresses --
+    # -- in the claim's transaction, first: whether to send, where, and with which addresses --
 
     def _look(self, db: Connection, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
         window = timedelta(minutes=self.settings.notice_coalesce_minutes)
@@ -289,7 +290,7 @@ class Notifier:
         lease = timedelta(seconds=self.settings.notice_lease_seconds)
         return state == "queued" or (state == "sending" and claimed_at is not None and claimed_at < now - lease)
 
-    # -- one short write: claim the row (or settle it) and issue its link; rendering waits for the commit --
+    # -- then, in the same transaction: claim the row (or settle it) and issue its link; rendering waits for the commit --
 
     def _claim(self, db: Connection, row_id: str, now: datetime, look: Look) -> Claimed | str | None:
         claimable = {"row_id": row_id, "lease_expired": now - timedelta(seconds=self.settings.notice_lease_seconds)}

@@ -3,8 +3,8 @@
 On SQLite the writers of this process already queue on one lock per database file in
 `gateway.db.engine.transaction` (handed over at once, instead of SQLite's sleeping busy handler), so
 `writing` is `gw.transaction()` under the name the worker code reads best with. The notice actor's own
-reads and writes are Core statements only: `reading_rows` and `writing_rows` give it a bare connection in a
-transaction, without a Session (the same writer queue), which costs a third less per transaction.
+statements are Core only: `writing_rows` gives it a bare connection in a transaction, without a Session
+(the same writer queue), which costs a third less per transaction.
 """
 from __future__ import annotations
 
@@ -27,10 +27,4 @@ def writing(gw: Gateway) -> Iterator[Session]:
 @contextmanager
 def writing_rows(gw: Gateway) -> Iterator[Connection]:
     with connection_transaction(gw.sessions) as connection:
-        yield connection
-
-
-@contextmanager
-def reading_rows(gw: Gateway) -> Iterator[Connection]:
-    with connection_transaction(gw.readers) as connection:
         yield connection
