@@ -34,8 +34,10 @@ def make_engine(url: str, **kwargs: object) -> Engine:
             # Writers take the write lock up front (IMMEDIATE): two writers then queue on busy_timeout
             # instead of one failing with "database is locked" when it upgrades a read transaction.
             # Readers (engine.execution_options(readonly=True)) begin DEFERRED and never block writers.
-            readonly = conn.get_execution_options().get("readonly", False)
-            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+            # A single statement (connection_transaction(one_statement=True)) is its own transaction.
+            options = conn.get_execution_options()
+            if not options.get("one_statement", False):
+                conn.exec_driver_sql("BEGIN" if options.get("readonly", False) else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
@@ -75,14 +77,20 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @contextmanager
-def connection_transaction(factory: sessionmaker[Session]) -> Iterator[Connection]:
+def connection_transaction(factory: sessionmaker[Session], *, one_statement: bool = False) -> Iterator[Connection]:
     """`transaction` for Core statements only: a connection of the factory's engine, without a Session
-    (a third less work per short transaction); SQLite writers queue on the same lock."""
+    (a third less work per short transaction); SQLite writers queue on the same lock.
+
+    `one_statement=True` promises a single statement: on SQLite it is then its own transaction, without a
+    BEGIN IMMEDIATE and a COMMIT around it (each a call that gives up the GIL, costly in a busy process)."""
     writer = _sqlite_writer(factory)
     queued = writer.acquire(timeout=_SQLITE_WRITER_WAIT) if writer is not None else False
     try:
-        with factory.kw["bind"].begin() as connection:
-            yield connection
+        with factory.kw["bind"].connect() as connection:
+            if one_statement:
+                connection.execution_options(one_statement=True)
+            with connection.begin():
+                yield connection
     finally:
         if queued:
             writer.release()  # type: ignore[union-attr]
