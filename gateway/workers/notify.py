@@ -379,7 +379,7 @@ class Notifier:
         return text if text.startswith("<") and text.endswith(">") and "@" in text and " " not in text else None
 
     def _finish_now(self, row_id: str, kind: str, code: str) -> str:
-        with writing_rows(self.gw) as db:
+        with writing_rows(self.gw, one_statement=True) as db:
             db.execute(_outcome(("error_code",)), {"row_id": row_id, "new_state": "failed", "new_error_code": code})
         NOTICES.labels("none", "failed").inc()
         log.warning("notice.failed", row=row_id, kind=kind, code=code)
@@ -477,7 +477,7 @@ class Notifier:
         """Write the outcome unless the row already reached a final state (a duplicate run finished first)."""
         names = tuple(sorted(values))
         params = {"row_id": plan.row_id, "new_state": state, **{f"new_{name}": values[name] for name in names}}
-        with writing_rows(self.gw) as db:
+        with writing_rows(self.gw, one_statement=True) as db:
             db.execute(_outcome(names), params)
         NOTICES.labels(metric_channel, metric_state or state).inc()
         if state == "sent":

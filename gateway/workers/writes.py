@@ -4,7 +4,8 @@ On SQLite the writers of this process already queue on one lock per database fil
 `gateway.db.engine.transaction` (handed over at once, instead of SQLite's sleeping busy handler), so
 `writing` is `gw.transaction()` under the name the worker code reads best with. The notice actor's own
 statements are Core only: `writing_rows` gives it a bare connection in a transaction, without a Session
-(the same writer queue), which costs a third less per transaction.
+(the same writer queue), which costs a third less per transaction; an outcome, one UPDATE, is written
+as a transaction of its own (`one_statement`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,6 @@ def writing(gw: Gateway) -> Iterator[Session]:
 
 
 @contextmanager
-def writing_rows(gw: Gateway) -> Iterator[Connection]:
-    with connection_transaction(gw.sessions) as connection:
+def writing_rows(gw: Gateway, *, one_statement: bool = False) -> Iterator[Connection]:
+    with connection_transaction(gw.sessions, one_statement=one_statement) as connection:
         yield connection
