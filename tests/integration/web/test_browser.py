@@ -143,6 +143,13 @@ def test_patient_and_practitioner_journey(
     assert pro.locator(".message.practitioner .attachments a").last.inner_text() == "ordonnance.pdf"
     pro.goto(site.url + "/portal/pro/")
     _shot(pro, "08-practitioner-inbox")
+    # Setting up an authenticator app: the key is shown as a QR code an app's camera can read.
+    pro.goto(site.url + "/portal/pro/settings")
+    pro.click("form[action='/portal/pro/totp/start'] button")
+    qr = pro.locator(".qr svg")
+    box = qr.bounding_box()
+    assert box is not None and 120 <= box["width"] <= 400 and box["width"] == box["height"]
+    _shot(pro, "08b-practitioner-authenticator-qr")
 
     # A new notice goes out to the patient, and its fresh link opens the thread with the answer.
     site.deliver()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pyotp
+import segno
 import pytest
 from sqlalchemy import select
 
@@ -60,6 +61,13 @@ def test_totp_setup_sign_in_and_no_replay(site: Site) -> None:
     started = browser.post("/portal/pro/totp/start", data={"csrf": csrf_of(page.text)})
     secret = started.text.split('name="secret" value="', 1)[1].split('"', 1)[0]
     totp = pyotp.TOTP(secret)
+    # The key is also shown as a QR code of its otpauth URI (inline SVG: no script, no style, no request).
+    qr = started.text.split('<div class="qr"', 1)[1].split("</div>", 1)[0]
+    with site.gw.readers() as s:
+        slug = s.get(Practitioner, site.world.doctor_id).slug  # type: ignore[union-attr]
+    uri = totp.provisioning_uri(name=slug, issuer_name="Secure messaging")
+    assert segno.make(uri, error="m").svg_inline(scale=4, border=4, omitsize=True) in qr
+    assert "<script" not in qr and "style=" not in qr
     bad = browser.post(
         "/portal/pro/totp/confirm",
         data={"csrf": csrf_of(page.text), "secret": secret, "code": "000000" if totp.now() != "000000" else "111111"},
