@@ -66,7 +66,10 @@ class NoticeService:
             if self.embedded:
                 with self._lock:
                     self._outstanding.discard(row_id)
-                    low = len(self._outstanding) <= self._room // 2
+                    # Woken once as the rows in memory fall to half the room (not at every run below it:
+                    # each wake-up is a claim transaction, for a handful of rows); fewer rows than that
+                    # are handed out as they are committed (a commit's wake-up) or at the next poll.
+                    low = len(self._outstanding) == self._room // 2
                 if low and self.dispatcher is not None:
                     self.dispatcher.wake()
 
