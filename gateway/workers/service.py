@@ -39,10 +39,11 @@ class NoticeService:
         self.actor = bind_notify(self.broker, gw.settings, self._run if worker else _not_here)
         threads = threads or gw.settings.worker_threads
         # Embedded only: rows handed to the in-memory broker and not yet run, given back when stopping. Their
-        # number is capped, so a backlog waits in the outbox (durable, in order) rather than in memory.
+        # number is capped, so a backlog waits in the outbox (durable, in order) rather than in memory. Eight
+        # per thread: a refill (one claim transaction) every four runs per thread, seconds' work at most.
         self._outstanding: set[str] = set()
         self._lock = threading.Lock()
-        self._room = threads * 4
+        self._room = threads * 8
         self.dispatcher = (
             Dispatcher(gw, self._enqueue, capacity=self._capacity if self.embedded else None) if dispatcher else None
         )
