@@ -7,7 +7,9 @@ pipeline in a worker thread, and answer with TwiML once everything is committed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, parse_qs
 
@@ -22,7 +24,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.intake.mms import delete_queued
-from gateway.intake.sms import SmsIntake, SmsResult
+from gateway.intake.sms import SmsIntake, SmsResult, media_count
 from gateway.intake.sms_status import StatusIntake
 from gateway.logs import get_logger
 from gateway.metrics import MESSAGES_IN
@@ -34,6 +36,7 @@ STATUS_PATH: Final = "/webhooks/twilio/status"
 MAX_BODY_BYTES: Final = 64 * 1024  # an SMS webhook with ten media URLs is a few kilobytes
 MAX_FIELDS: Final = 200
 SMS_THREADS: Final = 4
+MAX_BATCH: Final = 8  # webhooks filed with one commit, at most
 TWIML: Final = "text/xml"
 EMPTY_TWIML: Final = str(MessagingResponse())
 
@@ -74,12 +77,84 @@ class Signatures:
         return any(v.validate(url, params, signature, algorithm) for v in self._validators)
 
 
+class SmsQueue:
+    """Inbound SMS waiting to be filed, oldest first, one batch at a time. A request that finds no batch
+    being filed takes the oldest waiting webhooks (its own first, or among them), up to MAX_BATCH, and files
+    them in a worker thread with one commit (SmsIntake.deliver_many); the others wait on the event loop for
+    their answer or their turn. Alone, a webhook is filed at once, on its own; under load, as many messages
+    take fewer transactions. Each answer still follows the commit of its own message.
+
+    One batch at a time: a second one would wait for the first (SQLite has one writer) or trade the GIL with
+    it, and its messages would be missing from the first. (16 concurrent webhooks on the bench: 570-640 req/s
+    on SQLite, 290-350 on PostgreSQL; two batches at a time 460-580 and 250-310; four 430-470 and 270-290.)
+    An MMS does not queue: its media are fetched from Twilio first, which no other message should wait for."""
+
+    def __init__(self, intake: SmsIntake, limiter: anyio.CapacityLimiter) -> None:
+        self._intake = intake
+        self._limiter = limiter
+        self._waiting: deque[_Waiting] = deque()
+        self._filing = False
+
+    async def deliver(self, form: SignedForm) -> SmsResult:
+        if media_count(form):
+            return await anyio.to_thread.run_sync(self._intake.deliver, form, limiter=self._limiter)
+        me = _Waiting(form)
+        self._waiting.append(me)
+        try:
+            while me.outcome is None:
+                if not me.taken and not self._filing:
+                    await self._file_oldest()
+                else:
+                    me.turn = anyio.Event()
+                    await me.turn.wait()  # a batch was filed: ours, or ours is next
+        except BaseException:
+            if not me.taken:  # cancelled before a batch took it: nothing of it was written
+                self._waiting.remove(me)
+                self._wake_oldest()
+            raise
+        if isinstance(me.outcome, Exception):
+            raise me.outcome
+        return me.outcome
+
+    async def _file_oldest(self) -> None:
+        batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), MAX_BATCH))]
+        for waiting in batch:
+            waiting.taken = True
+        self._filing = True
+        try:
+            outcomes: list[SmsResult | Exception] = await anyio.to_thread.run_sync(
+                self._intake.deliver_many, [w.form for w in batch], limiter=self._limiter
+            )
+        except Exception as exc:  # noqa: BLE001 - deliver_many answers each webhook; this is its own failure
+            outcomes = [exc] * len(batch)
+        finally:
+            self._filing = False
+        for waiting, outcome in zip(batch, outcomes):
+            waiting.outcome = outcome
+            waiting.turn.set()
+        self._wake_oldest()
+
+    def _wake_oldest(self) -> None:
+        if self._waiting and not self._filing:
+            self._waiting[0].turn.set()
+
+
+@dataclass(eq=False)
+class _Waiting:
+    form: SignedForm
+    turn: anyio.Event = field(default_factory=anyio.Event)
+    taken: bool = False  # by a batch, in a worker thread now
+    outcome: SmsResult | Exception | None = None
+
+
 def setup(app: FastAPI, gw: Gateway) -> None:
     app.state.sms_signatures = Signatures(gw.settings)
-    # The pipeline is Python bound by the GIL (and, on SQLite, by one writer): a few threads keep the
-    # CPU busy, and more only trade the GIL back and forth. Waiting requests queue on the event loop.
+    # The pipeline is Python bound by the GIL (and, on SQLite, by one writer): a few threads (SMS batches,
+    # MMS, status callbacks) keep the CPU busy, and more only trade the GIL back and forth. Waiting requests
+    # queue on the event loop.
     app.state.sms_threads = anyio.CapacityLimiter(SMS_THREADS)
     app.state.sms_intake = SmsIntake(gw)
+    app.state.sms_queue = SmsQueue(app.state.sms_intake, app.state.sms_threads)
     app.state.sms_status = StatusIntake(gw)
 
 
@@ -140,7 +215,7 @@ def _scalar(value: Any) -> str | None:
 
 
 async def _handle(
-    request: Request, path: str, work: Callable[[SignedForm], T], *, counted: bool
+    request: Request, path: str, work: Callable[[SignedForm], Awaitable[T]], *, counted: bool
 ) -> tuple[T | None, Response | None]:
     """(result, None), or (None, the error answer): every failure of the webhooks is answered here.
     `counted`: failures count as inbound messages (the SMS webhook, not the status callbacks)."""
@@ -152,7 +227,7 @@ async def _handle(
         log.warning("webhook.refused", path=path, status=refusal.status, reason=refusal.reason)
         return None, Response(status_code=refusal.status)
     try:
-        return await anyio.to_thread.run_sync(work, form, limiter=request.app.state.sms_threads), None
+        return await work(form), None
     except Exception as exc:  # noqa: BLE001 - the edge: any failure is a 503 so Twilio retries, and is logged without content
         if counted:
             MESSAGES_IN.labels("sms", "failed").inc()
@@ -162,18 +237,22 @@ async def _handle(
 
 @router.post(SMS_PATH)
 async def inbound_sms(request: Request) -> Response:
-    intake: SmsIntake = request.app.state.sms_intake
-    result, failure = await _handle(request, SMS_PATH, intake.deliver, counted=True)
+    queue: SmsQueue = request.app.state.sms_queue
+    result, failure = await _handle(request, SMS_PATH, queue.deliver, counted=True)
     if failure is not None:
         return failure
     assert result is not None
-    return Response(_twiml(result), media_type=TWIML, background=_deletions(intake, result))
+    return Response(_twiml(result), media_type=TWIML, background=_deletions(request.app.state.sms_intake, result))
 
 
 @router.post(STATUS_PATH)
 async def status_callback(request: Request) -> Response:
     intake: StatusIntake = request.app.state.sms_status
-    _, failure = await _handle(request, STATUS_PATH, intake.receive, counted=False)
+
+    async def receive(form: SignedForm) -> None:
+        await anyio.to_thread.run_sync(intake.receive, form, limiter=request.app.state.sms_threads)
+
+    _, failure = await _handle(request, STATUS_PATH, receive, counted=False)
     return failure or Response(EMPTY_TWIML, media_type=TWIML)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -207,12 +207,8 @@ def parse(form: Mapping[str, str]) -> InboundSms:
     sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
     if not re.fullmatch(r"(?:SM|MM)[0-9a-fA-F]{32}", sid):
         raise Discard("malformed")
-    try:
-        count = min(int(form.get("NumMedia") or 0), MAX_MEDIA)
-    except ValueError:
-        count = 0
     media = tuple(
-        MediaRef(i, form.get(f"MediaUrl{i}", ""), form.get(f"MediaContentType{i}", "")) for i in range(max(count, 0))
+        MediaRef(i, form.get(f"MediaUrl{i}", ""), form.get(f"MediaContentType{i}", "")) for i in range(media_count(form))
     )
     body = (form.get("Body") or "")[:MAX_BODY]
     if not body.strip() and not media:
@@ -235,6 +231,14 @@ def _practice_number(to_number: str) -> str | None:
         return normalize_phone(to_number)
     except InvalidInput:
         return None
+
+
+def media_count(form: Mapping[str, str]) -> int:
+    """How many media the webhook announces (NumMedia), at most MAX_MEDIA."""
+    try:
+        return max(min(int(form.get("NumMedia") or 0), MAX_MEDIA), 0)
+    except ValueError:
+        return 0
 
 
 def identify(conn: Connection, gw: Gateway, inbound: InboundSms) -> IdentifiedSms:
@@ -495,6 +499,47 @@ class SmsIntake:
             result = self._deliver(form)
         except Discard as discard:
             result = SmsResult("duplicate" if discard.reason == "duplicate" else "discarded", reason=discard.reason)
+        return self._counted(result, started)
+
+    def deliver_many(self, forms: Sequence[Mapping[str, str]]) -> list[SmsResult | Exception]:
+        """`deliver` for webhooks that arrived together, each one's result or exception in their order.
+
+        Those that need nothing but the database (no media to fetch) are filed in one write transaction, with
+        one commit for all of them; the others, and all of them again should that transaction fail (rolled
+        back: nothing of it is written), are delivered one by one."""
+        outcomes: list[SmsResult | Exception | None] = [None] * len(forms)
+        started = time.perf_counter()
+        for i, result in self._together(forms).items():
+            outcomes[i] = self._counted(result, started)
+        for i, form in enumerate(forms):
+            if outcomes[i] is None:
+                try:
+                    outcomes[i] = self.deliver(form)
+                except Exception as exc:  # noqa: BLE001 - each webhook's failure is answered for that webhook
+                    outcomes[i] = exc
+        return outcomes  # type: ignore[return-value]
+
+    def _together(self, forms: Sequence[Mapping[str, str]]) -> dict[int, SmsResult]:
+        """{index: result} of the SMS without media among `forms`, filed in one transaction; empty when there
+        are fewer than two, or when that transaction failed (a concurrent retry's MessageSid, say)."""
+        together: dict[int, InboundSms] = {}
+        for i, form in enumerate(forms):
+            try:
+                inbound = parse(form)
+            except Discard:
+                continue  # answered on its own, without a query
+            if not inbound.media:
+                together[i] = inbound
+        if len(together) < 2:
+            return {}
+        self.gw.keys  # noqa: B018 - loaded before the write transaction, as in _deliver
+        try:
+            with self.gw.transaction() as session:
+                return {i: self._decide(session, inbound, keyword_of(inbound.body)) for i, inbound in together.items()}
+        except Exception:  # noqa: BLE001 - rolled back; delivered again one by one, where a failure is its own
+            return {}
+
+    def _counted(self, result: SmsResult, started: float) -> SmsResult:
         MESSAGES_IN.labels("sms", result.outcome).inc()
         if result.outcome in ("stored", "held"):
             INTAKE_SECONDS.labels("sms").observe(time.perf_counter() - started)
@@ -603,4 +648,5 @@ __all__ = [
     "SmsResult",
     "keyword_of",
     "leading_code",
+    "media_count",
 ]

@@ -6,7 +6,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from gateway.db.tables import ContactPoint, HeldSms, Message, OutboxRow, RateCounter, SmsInbound
 from gateway.intake.held import held_content, list_held, release_held
@@ -249,6 +249,48 @@ def test_five_concurrent_deliveries_of_one_message_sid_store_it_once(world: Worl
     # A replay later, with Twilio's signature intact, is answered 200 and stores nothing either.
     assert_empty_twiml(world.post(form))
     assert len(world.messages(thread)) == 1 and world.count(SmsInbound) == 1
+
+
+def test_webhooks_arriving_together_are_each_answered_as_if_alone(world: World):
+    phones = [f"+3361234560{i}" for i in range(6)]
+    threads = [world.thread(world.patient(phone)) for phone in phones]
+    forms = [world.sms_form(f"message {i}", from_=phone) for i, phone in enumerate(phones)]
+    stranger = world.sms_form(world.canaries["body"], from_=OTHER_PHONE)
+    together = [*forms, forms[0], stranger, world.sms_form("x", to="+33799999999")]
+    with ThreadPoolExecutor(len(together)) as pool:
+        responses = list(pool.map(world.post, together))
+    for response in responses[:7] + responses[8:]:
+        assert_empty_twiml(response)
+    assert "Cabinet Test" in responses[7].text and world.canaries["body"] not in responses[7].text
+    for i, thread in enumerate(threads):
+        assert [m["body"] for m in world.messages(thread)] == [f"message {i}"]
+    assert len(world.notices("new_message")) == 6 and world.count(SmsInbound) == 7
+
+
+def test_a_batch_is_filed_in_one_transaction_or_again_one_by_one(world: World):
+    """SmsIntake.deliver_many (what the webhook's queue calls): the same outcomes as one delivery each."""
+    from gateway.intake.sms import SmsIntake
+
+    intake = SmsIntake(world.gw)
+    patient = world.patient()
+    thread = world.thread(patient)
+    other = world.thread(world.patient("+33612345699"))
+    first = world.sms_form("un")
+    commits: list[object] = []
+    event.listen(world.gw.engine, "commit", commits.append)
+    # One transaction: a message, a refusal with its reply, a keyword, another patient's message.
+    outcomes = intake.deliver_many(
+        [first, world.sms_form("deux", from_=OTHER_PHONE), world.sms_form("AIDE"), world.sms_form("trois", from_="+33612345699")]
+    )
+    assert [o.outcome for o in outcomes] == ["stored", "refused", "keyword", "stored"]  # type: ignore[union-attr]
+    assert len(commits) == 1
+    assert outcomes[1].reply and "Cabinet Test" in outcomes[1].reply  # type: ignore[union-attr]
+    # A retry of `first` and a form for no practice: the transaction fails, each is delivered on its own.
+    outcomes = intake.deliver_many([world.sms_form("quatre"), first, world.sms_form("x", to="+33799999999")])
+    assert [o.outcome for o in outcomes] == ["stored", "duplicate", "discarded"]  # type: ignore[union-attr]
+    assert [m["body"] for m in world.messages(thread)] == ["un", "quatre"]
+    assert [m["body"] for m in world.messages(other)] == ["trois"]
+    assert len(world.notices("sms_help")) == 1 and world.count(SmsInbound) == 5
 
 
 def test_database_failure_answers_5xx_and_the_retry_is_stored_once(world: World, db_url: str):
