@@ -41,7 +41,11 @@ def _candidate_terms(
 def _candidates(owner: ColumnElement[bool]) -> Select[tuple[str, str, datetime, datetime | None]]:
     return select(OutboxRow.id, OutboxRow.state, OutboxRow.created_at, OutboxRow.sent_at).where(
         *_candidate_terms(
-            OutboxRow, thread_id=bindparam("thread_id"), row_id=bindparam("row_id"), owner=owner, since=bindparam("since")
+            OutboxRow,
+            thread_id=bindparam("thread_id"),
+            row_id=bindparam("row_id"),
+            owner=owner,
+            since=bindparam("since"),
         )
     )
 

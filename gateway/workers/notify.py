@@ -60,8 +60,8 @@ _EMAIL_SEND_TIMEOUT: Final = 120.0
 
 
 # The statements run for every notice, built once with bind parameters: on SQLite, building and keying a
-# statement costs more than running it. They run on a bare connection (Core, `reading_rows`/`writing_rows`):
-# the ORM's bulk-update path, with nothing to synchronise, only adds time (about twice the cost of one write).
+# statement costs more than running it. They run on a bare connection (Core, `writing_rows`): the ORM's
+# bulk-update path, with nothing to synchronise, only adds time (about twice the cost of one write).
 #
 # The row, its recipient, their practice and the thread in one query, as plain columns (loading five ORM
 # objects cost more than the query). Labels keep the outbox row's own names free for `covering_notice`
@@ -100,7 +100,9 @@ _LOOK: Final = (
     .where(OutboxRow.id == bindparam("row_id"))
 )
 _ANSWERED: Final = select(Message.id, Message.original_ct).where(Message.id == bindparam("message_id"))
-_PATIENT_KEY: Final = select(Patient.id, Patient.kek_id, Patient.dek_wrapped).where(Patient.id == bindparam("patient_id"))
+_PATIENT_KEY: Final = (
+    select(Patient.id, Patient.kek_id, Patient.dek_wrapped).where(Patient.id == bindparam("patient_id"))
+)
 # Only a queued row, or one whose sender's lease ran out (a killed worker), is claimed.
 _CLAIMABLE: Final = (
     OutboxRow.id == bindparam("row_id"),
@@ -290,7 +292,7 @@ class Notifier:
         lease = timedelta(seconds=self.settings.notice_lease_seconds)
         return state == "queued" or (state == "sending" and claimed_at is not None and claimed_at < now - lease)
 
-    # -- then, in the same transaction: claim the row (or settle it) and issue its link; rendering waits for the commit --
+    # -- then, in the same transaction: claim the row (or settle it) and issue its link --
 
     def _claim(self, db: Connection, row_id: str, now: datetime, look: Look) -> Claimed | str | None:
         claimable = {"row_id": row_id, "lease_expired": now - timedelta(seconds=self.settings.notice_lease_seconds)}
