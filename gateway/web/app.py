@@ -1,7 +1,10 @@
 """The ASGI application: one FastAPI app; each area mounts its router here."""
 from __future__ import annotations
 
+import gc
 import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,8 +18,21 @@ from gateway.app import Gateway
 ROUTERS = ("gateway.ingress.sms", "gateway.web.login", "gateway.web.portal", "gateway.web.practitioner", "gateway.web.api")
 
 
+@asynccontextmanager
+async def _serving(app: FastAPI) -> AsyncIterator[None]:
+    """While the server runs, what start-up built (modules, routes, metadata, caches: most of the heap, and
+    alive as long as the process) is left out of the collector's full passes. Each of those walked the whole
+    heap, about 90 ms in which every request in flight stood still: most of the webhooks' p99 latency."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def create_app(gw: Gateway, *, broker_check: Any = None) -> FastAPI:
-    app = FastAPI(title="Secure messaging gateway", version="1", docs_url=None, redoc_url=None)
+    app = FastAPI(title="Secure messaging gateway", version="1", docs_url=None, redoc_url=None, lifespan=_serving)
     app.state.gateway = gw
     app.state.broker_check = broker_check
 
