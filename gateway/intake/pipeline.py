@@ -8,6 +8,8 @@ the next; a step that ends the path raises Reject (an SMTP refusal) or Discard (
     authenticate DKIM/SPF/DMARC     -> AuthenticatedEmail   (no database transaction held meanwhile)
     store        one transaction    -> StoredEmail          (message, attachments, outbox rows)
 
+Under load the edge hands several messages over at once (`deliver_many`): each goes through the steps on
+its own, and those that reach `store` share one transaction and one commit.
 The edge (gateway/ingress/smtp.py) turns outcomes into replies, in one place.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gateway.app import Gateway
 from gateway.db.tables import PostmasterMail, new_id
@@ -28,7 +31,7 @@ from gateway.intake.mailauth import MailAuthenticator
 from gateway.intake.parse import Unparseable, parse
 from gateway.intake.store import dedupe_key_for, store
 from gateway.threads.service import has_duplicate
-from gateway.intake.values import Destination, InboundEmail, ParsedInbound, StoredEmail
+from gateway.intake.values import AuthenticatedEmail, Destination, InboundEmail, ParsedInbound, StoredEmail
 from gateway.logs import get_logger
 from gateway.metrics import INTAKE_SECONDS, MESSAGES_IN
 
@@ -64,25 +67,80 @@ class EmailIntake:
                 notice_from=self.settings.resolved_notice_from,
             )
 
+    @property
+    def batchable(self) -> bool:
+        """Whether messages may be stored several to a transaction (`deliver_many`): not while each one waits
+        on DNS lookups (`verify`), which the others of its batch would wait for too."""
+        return self.authenticator.mode != "verify"
+
     def deliver(self, inbound: InboundEmail) -> Delivered:
         started = time.perf_counter()
         try:
-            result = self._deliver(inbound)
+            step = self._until_store(inbound)
+            result = step if isinstance(step, Delivered) else self._store_alone(step)
         except Reject as outcome:
-            MESSAGES_IN.labels("email", "temporary" if outcome.temporary else "rejected").inc()
-            log.info("email.rejected", code=outcome.smtp_code, enhanced=outcome.enhanced, reason=outcome.reason)
+            self._account(outcome, started)
             raise
-        outcome_label = "stored" if result.stored else (result.discarded or "discarded")
-        MESSAGES_IN.labels("email", outcome_label).inc()
-        INTAKE_SECONDS.labels("email").observe(time.perf_counter() - started)
-        if result.stored:
-            log.info("email.stored", thread=result.stored.thread_id, message=result.stored.message_id,
-                     new_thread=result.stored.new_thread, refused_attachments=result.stored.refused_attachments)
-        else:
-            log.info("email.discarded", reason=result.discarded)
+        self._account(result, started)
         return result
 
-    def _deliver(self, inbound: InboundEmail) -> Delivered:
+    def deliver_many(self, inbounds: list[InboundEmail]) -> list[Delivered | Exception]:
+        """Each message's outcome, as `deliver` would give it (a Delivered, or the exception it would raise);
+        the messages that get as far as storing are stored in one transaction with one commit. Should any of
+        them not store (a duplicate, a closed thread, a rate limit, a failure), that transaction is rolled
+        back and each is stored again on its own, as if it had come alone."""
+        started = time.perf_counter()
+        outcomes: list[Delivered | Exception | None] = [None] * len(inbounds)
+        ready: list[tuple[int, AuthenticatedEmail]] = []
+        for i, inbound in enumerate(inbounds):
+            try:
+                step = self._until_store(inbound)
+            except Exception as exc:  # noqa: BLE001 - handed to this message's own sender, as `deliver` raises it
+                outcomes[i] = exc
+                continue
+            if isinstance(step, Delivered):
+                outcomes[i] = step
+            else:
+                ready.append((i, step))
+        if len(ready) > 1:
+            try:
+                with self.gw.transaction() as session:
+                    stored = [self._store(session, item) for _, item in ready]
+            except Exception:  # noqa: BLE001 - rolled back: every message is stored again on its own, below
+                pass
+            else:
+                for (i, _), one in zip(ready, stored):
+                    outcomes[i] = Delivered(stored=one)
+                ready = []
+        for i, item in ready:
+            try:
+                outcomes[i] = self._store_alone(item)
+            except Exception as exc:  # noqa: BLE001 - as above
+                outcomes[i] = exc
+        done: list[Delivered | Exception] = []
+        for outcome in outcomes:
+            assert outcome is not None
+            if isinstance(outcome, Delivered | Reject):
+                self._account(outcome, started)
+            done.append(outcome)
+        return done
+
+    def _account(self, outcome: Delivered | Reject, started: float) -> None:
+        """Metrics and the log line of one message's outcome (ids and reasons only)."""
+        if isinstance(outcome, Reject):
+            MESSAGES_IN.labels("email", "temporary" if outcome.temporary else "rejected").inc()
+            log.info("email.rejected", code=outcome.smtp_code, enhanced=outcome.enhanced, reason=outcome.reason)
+            return
+        MESSAGES_IN.labels("email", "stored" if outcome.stored else (outcome.discarded or "discarded")).inc()
+        INTAKE_SECONDS.labels("email").observe(time.perf_counter() - started)
+        if outcome.stored:
+            log.info("email.stored", thread=outcome.stored.thread_id, message=outcome.stored.message_id,
+                     new_thread=outcome.stored.new_thread, refused_attachments=outcome.stored.refused_attachments)
+        else:
+            log.info("email.discarded", reason=outcome.discarded)
+
+    def _until_store(self, inbound: InboundEmail) -> Delivered | AuthenticatedEmail:
+        """Every step before `store`: the message authenticated and ready to store, or its outcome already."""
         gw, keys = self.gw, self.gw.keys
         destination = inbound.destination or self.resolve(inbound.rcpt)
         try:
@@ -105,13 +163,19 @@ class EmailIntake:
 
         with gw.readers() as session:
             identified = identify.identify(session, keys, item)
-        authenticated = authenticate(self.authenticator, identified)
+        return authenticate(self.authenticator, identified)
+
+    def _store(self, session: Session, authenticated: AuthenticatedEmail) -> StoredEmail:
+        return store(
+            session, self.gw.keys, authenticated, rate_limit=self.settings.sender_rate_limit, limits=self.limits,
+            default_locale=self.settings.default_locale,
+        )
+
+    def _store_alone(self, authenticated: AuthenticatedEmail) -> Delivered:
+        """`store` in a transaction of its own, its outcomes turned into the pipeline's."""
         try:
-            with gw.transaction() as session:
-                stored = store(
-                    session, keys, authenticated, rate_limit=self.settings.sender_rate_limit, limits=self.limits,
-                    default_locale=self.settings.default_locale,
-                )
+            with self.gw.transaction() as session:
+                stored = self._store(session, authenticated)
         except Discard as discard:
             return Delivered(discarded=discard.reason)
         except Conflict:
