@@ -17,11 +17,13 @@ class FakeIntake:
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.held: list[bool] = []  # whether the first batch was still held when each began
         self.single: list[str] = []
         self.release = threading.Event()
 
     def deliver_many(self, forms: list[SignedForm]) -> list[SmsResult | Exception]:
         self.batches.append([f["Body"] for f in forms])
+        self.held.append(not self.release.is_set())
         if len(self.batches) == 1:
             assert self.release.wait(10)
         return [ValueError(f["Body"]) if f["Body"].startswith("fail") else SmsResult("stored", reason=f["Body"])
@@ -57,13 +59,16 @@ def run_all(queue: SmsQueue, intake: FakeIntake, forms: list[SignedForm]) -> dic
     return answers
 
 
-def test_waiting_webhooks_go_together_oldest_first_and_each_gets_its_own_outcome() -> None:
+@pytest.mark.parametrize("batches", [1, 2])
+def test_waiting_webhooks_go_together_oldest_first_and_each_gets_its_own_outcome(batches: int) -> None:
     intake = FakeIntake()
-    queue = SmsQueue(intake, anyio.CapacityLimiter(4))  # type: ignore[arg-type]
+    queue = SmsQueue(intake, anyio.CapacityLimiter(4), batches)  # type: ignore[arg-type]
     bodies = ["first", *(f"m{i}" for i in range(MAX_BATCH + 2)), "fail-1"]
     answers = run_all(queue, intake, [form(b) for b in bodies])
     # The first is filed alone at once; those that came while it was filed, in batches of MAX_BATCH.
     assert intake.batches == [["first"], bodies[1:MAX_BATCH + 1], bodies[MAX_BATCH + 1:]]
+    # With room for two batches, a full one goes while the first is still being filed; the rest wait.
+    assert intake.held == [True, batches == 2, False]
     for body in bodies[:-1]:
         assert isinstance(answers[body], SmsResult) and answers[body].reason == body
     assert isinstance(answers["fail-1"], ValueError)  # its own failure, no one else's
