@@ -131,6 +131,13 @@ class SmsQueue:
             )
         except Exception as exc:  # noqa: BLE001 - deliver_many answers each webhook; this is its own failure
             outcomes = [exc] * len(batch)
+        except BaseException:
+            # Cancelled while waiting for a thread (once in one, the call is shielded and runs to its end):
+            # nothing was filed, and the batch goes back to the head of the queue.
+            for waiting in reversed(batch):
+                waiting.taken = False
+                self._waiting.appendleft(waiting)
+            raise
         finally:
             self._filing -= 1
         for waiting, outcome in zip(batch, outcomes):

@@ -114,3 +114,36 @@ def test_a_cancelled_request_leaves_the_queue_unfiled(waiting: int) -> None:
 
     anyio.run(main)
     assert intake.batches == [["first"], ["later"]]
+
+
+def test_a_request_cancelled_while_waiting_for_a_thread_leaves_the_others_to_be_filed() -> None:
+    intake = FakeIntake()
+    intake.release.set()
+    limiter = anyio.CapacityLimiter(1)
+    queue = SmsQueue(intake, limiter)  # type: ignore[arg-type]
+    answers: dict[str, Any] = {}
+    scopes: list[anyio.CancelScope] = []
+
+    async def deliver(body: str) -> None:
+        answers[body] = await queue.deliver(form(body))
+
+    async def cancelled(body: str) -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await deliver(body)
+
+    async def main() -> None:
+        await limiter.acquire()  # every thread busy (fetching an MMS's media, say)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancelled, "gone")  # takes a batch of itself, and waits for a thread
+                await anyio.sleep(0.01)
+                tg.start_soon(deliver, "a")
+                tg.start_soon(deliver, "b")
+                await anyio.sleep(0.01)
+                scopes[0].cancel()
+                await anyio.sleep(0.01)
+                limiter.release()
+
+    anyio.run(main)
+    assert intake.batches == [["a", "b"]] and set(answers) == {"a", "b"}
