@@ -1,5 +1,6 @@
 """The Twilio webhooks: check the signature against the configured public URL, hand the form to the SMS
-pipeline in a worker thread, and answer with TwiML once everything is committed.
+pipeline in a worker thread (the SMS that arrive together, in one batch: SmsQueue), and answer with TwiML
+once everything is committed.
 
     POST /webhooks/twilio/sms      inbound SMS / MMS    200 TwiML | 403 unsigned | 413 | 415 | 503 (retry)
     POST /webhooks/twilio/status   delivery callbacks   200 TwiML | 403 unsigned | 413 | 415 | 503 (retry)

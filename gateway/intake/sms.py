@@ -208,7 +208,8 @@ def parse(form: Mapping[str, str]) -> InboundSms:
     if not re.fullmatch(r"(?:SM|MM)[0-9a-fA-F]{32}", sid):
         raise Discard("malformed")
     media = tuple(
-        MediaRef(i, form.get(f"MediaUrl{i}", ""), form.get(f"MediaContentType{i}", "")) for i in range(media_count(form))
+        MediaRef(i, form.get(f"MediaUrl{i}", ""), form.get(f"MediaContentType{i}", ""))
+        for i in range(media_count(form))
     )
     body = (form.get("Body") or "")[:MAX_BODY]
     if not body.strip() and not media:

@@ -279,9 +279,10 @@ def test_a_batch_is_filed_in_one_transaction_or_again_one_by_one(world: World):
     commits: list[object] = []
     event.listen(world.gw.engine, "commit", commits.append)
     # One transaction: a message, a refusal with its reply, a keyword, another patient's message.
-    outcomes = intake.deliver_many(
-        [first, world.sms_form("deux", from_=OTHER_PHONE), world.sms_form("AIDE"), world.sms_form("trois", from_="+33612345699")]
-    )
+    outcomes = intake.deliver_many([
+        first, world.sms_form("deux", from_=OTHER_PHONE), world.sms_form("AIDE"),
+        world.sms_form("trois", from_="+33612345699"),
+    ])
     assert [o.outcome for o in outcomes] == ["stored", "refused", "keyword", "stored"]  # type: ignore[union-attr]
     assert len(commits) == 1
     assert outcomes[1].reply and "Cabinet Test" in outcomes[1].reply  # type: ignore[union-attr]
