@@ -92,16 +92,17 @@ class EmailIntake:
         started = time.perf_counter()
         outcomes: list[Delivered | Exception | None] = [None] * len(inbounds)
         ready: list[tuple[int, AuthenticatedEmail]] = []
-        for i, inbound in enumerate(inbounds):
-            try:
-                step = self._until_store(inbound)
-            except Exception as exc:  # noqa: BLE001 - handed to this message's own sender, as `deliver` raises it
-                outcomes[i] = exc
-                continue
-            if isinstance(step, Delivered):
-                outcomes[i] = step
-            else:
-                ready.append((i, step))
+        with self.gw.readers() as readers:  # one read transaction identifies the senders of the batch
+            for i, inbound in enumerate(inbounds):
+                try:
+                    step = self._until_store(inbound, readers)
+                except Exception as exc:  # noqa: BLE001 - handed to this message's own sender, as `deliver` raises it
+                    outcomes[i] = exc
+                    continue
+                if isinstance(step, Delivered):
+                    outcomes[i] = step
+                else:
+                    ready.append((i, step))
         if len(ready) > 1:
             try:
                 with self.gw.transaction() as session:
@@ -139,8 +140,9 @@ class EmailIntake:
         else:
             log.info("email.discarded", reason=outcome.discarded)
 
-    def _until_store(self, inbound: InboundEmail) -> Delivered | AuthenticatedEmail:
-        """Every step before `store`: the message authenticated and ready to store, or its outcome already."""
+    def _until_store(self, inbound: InboundEmail, readers: Session | None = None) -> Delivered | AuthenticatedEmail:
+        """Every step before `store`: the message authenticated and ready to store, or its outcome already.
+        `readers`: a read session to identify the sender in (else one of its own)."""
         gw, keys = self.gw, self.gw.keys
         destination = inbound.destination or self.resolve(inbound.rcpt)
         try:
@@ -161,8 +163,11 @@ class EmailIntake:
         except Discard as discard:
             return Delivered(discarded=discard.reason)
 
-        with gw.readers() as session:
-            identified = identify.identify(session, keys, item)
+        if readers is not None:
+            identified = identify.identify(readers, keys, item)
+        else:
+            with gw.readers() as session:
+                identified = identify.identify(session, keys, item)
         return authenticate(self.authenticator, identified)
 
     def _store(self, session: Session, authenticated: AuthenticatedEmail) -> StoredEmail:
