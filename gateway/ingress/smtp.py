@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.app import Gateway
 from gateway.errors import Reject
 from gateway.intake.pipeline import Delivered, EmailIntake
-from gateway.intake.values import InboundEmail
+from gateway.intake.values import Destination, InboundEmail
 from gateway.logs import get_logger
 
 log = get_logger("gateway.smtp")
@@ -63,25 +63,33 @@ MAX_BATCH = 8  # messages stored with one commit, at most
 
 
 class IntakeQueue:
-    """Messages waiting for the intake pipeline, oldest first, one batch at a time. A DATA that finds no batch
-    running starts one with the oldest waiting messages (up to MAX_BATCH) in a worker thread
-    (`EmailIntake.deliver_many`: one transaction and one commit for those that get as far as storing); the
-    others wait on the event loop for their turn. Alone, a message goes through at once, on its own; under
-    load, as many messages take fewer transactions, and one thread works instead of several trading the GIL
-    (and, on SQLite, the one writer). Each reply still follows the commit of its own message.
+    """Work waiting for the intake, oldest first, one batch at a time in a worker thread: the recipients of
+    RCPT commands waiting to be looked up (`EmailIntake.resolve_many`, one read transaction), then up to
+    MAX_BATCH messages (`EmailIntake.deliver_many`: one transaction and one commit for those that get as far as
+    storing). Whoever finds no batch running starts one; the others wait on the event loop for their turn.
+    Alone, a command goes through at once, on its own; under load, the same work takes fewer transactions,
+    and one thread works instead of several trading the GIL (and, on SQLite, the one writer). Each reply
+    still follows the commit of its own message.
     With `verify` authentication each message runs on its own, as DNS answers may be slow to come."""
 
     def __init__(self, intake: EmailIntake, run: Callable[..., Awaitable[Any]]) -> None:
         self._intake = intake
         self._run = run
-        self._waiting: deque[tuple[InboundEmail, asyncio.Future[Delivered | Exception]]] = deque()
+        self._lookups: deque[tuple[str, asyncio.Future[Any]]] = deque()
+        self._messages: deque[tuple[InboundEmail, asyncio.Future[Any]]] = deque()
         self._filing = False
+
+    async def resolve(self, address: str) -> Destination:
+        return await self._wait(self._lookups, address)  # type: ignore[no-any-return]
 
     async def deliver(self, inbound: InboundEmail) -> Delivered:
         if not self._intake.batchable:
-            return await self._run(self._intake.deliver, inbound)
-        turn: asyncio.Future[Delivered | Exception] = asyncio.get_running_loop().create_future()
-        self._waiting.append((inbound, turn))
+            return await self._run(self._intake.deliver, inbound)  # type: ignore[no-any-return]
+        return await self._wait(self._messages, inbound)  # type: ignore[no-any-return]
+
+    async def _wait(self, line: deque[tuple[Any, asyncio.Future[Any]]], work: Any) -> Any:
+        turn: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        line.append((work, turn))
         if not self._filing:
             self._file_next()
         outcome = await turn
@@ -90,26 +98,32 @@ class IntakeQueue:
         return outcome
 
     def _file_next(self) -> None:
-        batch = []
-        while self._waiting and len(batch) < MAX_BATCH:
-            inbound, turn = self._waiting.popleft()
-            if not turn.cancelled():  # its connection went away before its turn: nothing of it is written
-                batch.append((inbound, turn))
-        if batch:
+        # A waiter whose connection went away before its turn is dropped: nothing of it is written.
+        lookups = [item for item in _take(self._lookups, len(self._lookups)) if not item[1].cancelled()]
+        messages = [item for item in _take(self._messages, MAX_BATCH) if not item[1].cancelled()]
+        if lookups or messages:
             self._filing = True
-            asyncio.get_running_loop().create_task(self._file(batch))
+            asyncio.get_running_loop().create_task(self._file(lookups, messages))
 
-    async def _file(self, batch: list[tuple[InboundEmail, asyncio.Future[Delivered | Exception]]]) -> None:
+    async def _file(self, lookups: list[tuple[str, asyncio.Future[Any]]],
+                    messages: list[tuple[InboundEmail, asyncio.Future[Any]]]) -> None:
         try:
-            outcomes = await self._run(self._intake.deliver_many, [inbound for inbound, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - deliver_many answers each message; this is its own failure
-            outcomes = [exc] * len(batch)
+            outcomes = await self._run(self._work, [a for a, _ in lookups], [m for m, _ in messages])
+        except Exception as exc:  # noqa: BLE001 - each waiter is answered with its own outcome; this is the batch's failure
+            outcomes = [exc] * (len(lookups) + len(messages))
         finally:
             self._filing = False
-        for (_, turn), outcome in zip(batch, outcomes):
+        for (_, turn), outcome in zip(lookups + messages, outcomes):  # type: ignore[operator]
             if not turn.done():
                 turn.set_result(outcome)
         self._file_next()
+
+    def _work(self, addresses: list[str], inbounds: list[InboundEmail]) -> list[Any]:
+        return [*self._intake.resolve_many(addresses), *(self._intake.deliver_many(inbounds) if inbounds else [])]
+
+
+def _take(line: deque[Any], most: int) -> list[Any]:
+    return [line.popleft() for _ in range(min(most, len(line)))]
 
 
 class IntakeHandler:
@@ -133,7 +147,7 @@ class IntakeHandler:
             # one recipient per transaction, and the sender retries the others at once (RFC 5321 4.5.3.1.10).
             return TOO_MANY_RECIPIENTS
         try:
-            destination = await self._run(self.intake.resolve, address)
+            destination = await self.queue.resolve(address)
         except Reject as outcome:
             return outcome.smtp_reply
         except Exception as exc:  # noqa: BLE001 - the edge: a failed lookup must be a retry, never a crash

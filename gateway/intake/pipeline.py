@@ -60,12 +60,27 @@ class EmailIntake:
         self.limits = AttachmentLimits()
 
     def resolve(self, address: str) -> Destination:
-        keys = self.gw.keys
         with self.gw.readers() as session:
-            return route.resolve(
-                session, keys, address, mail_domain=self.settings.mail_domain,
-                notice_from=self.settings.resolved_notice_from,
-            )
+            return self._resolve(session, address)
+
+    def resolve_many(self, addresses: list[str]) -> list[Destination | Exception]:
+        """Each address's destination, or the exception `resolve` would raise, read in one read transaction."""
+        if not addresses:
+            return []
+        outcomes: list[Destination | Exception] = []
+        with self.gw.readers() as session:
+            for address in addresses:
+                try:
+                    outcomes.append(self._resolve(session, address))
+                except Exception as exc:  # noqa: BLE001 - handed to this address's own RCPT, as `resolve` raises it
+                    outcomes.append(exc)
+        return outcomes
+
+    def _resolve(self, session: Session, address: str) -> Destination:
+        return route.resolve(
+            session, self.gw.keys, address, mail_domain=self.settings.mail_domain,
+            notice_from=self.settings.resolved_notice_from,
+        )
 
     @property
     def batchable(self) -> bool:

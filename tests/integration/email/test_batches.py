@@ -84,3 +84,23 @@ def test_concurrent_smtp_deliveries_share_commits_and_each_is_answered(smtp_worl
     # Resolving recipients takes no commit; storing 32 messages took fewer than 32 (batches formed while
     # one was being stored). Each answer came after its message's commit: all 32 are there.
     assert commits[0] < 32
+
+
+def test_recipients_looked_up_together_each_get_their_own_answer(smtp_world: World) -> None:
+    intake = EmailIntake(smtp_world.gw)
+    addresses = [smtp_world.reply_address, "nobody@" + DOMAIN, "dr-off@" + DOMAIN, "POSTMASTER@" + DOMAIN,
+                 "dr-martin@" + DOMAIN, "x@elsewhere.example"]
+    reply, nobody, off, postmaster, new_thread, elsewhere = intake.resolve_many(addresses)
+    assert not isinstance(reply, Exception) and reply.kind == "reply" and reply.thread_id == smtp_world.thread_id
+    assert isinstance(nobody, Reject) and (nobody.smtp_code, nobody.enhanced) == (550, "5.1.1")
+    assert isinstance(off, Reject) and (off.smtp_code, off.enhanced) == (550, "5.7.1")
+    assert not isinstance(postmaster, Exception) and postmaster.kind == "postmaster"
+    assert not isinstance(new_thread, Exception) and new_thread.kind == "new_thread"
+    assert isinstance(elsewhere, Reject) and elsewhere.smtp_code == 550
+    # The same answers as one at a time.
+    for address, together in zip(addresses, (reply, nobody, off, postmaster, new_thread, elsewhere)):
+        try:
+            alone: object = intake.resolve(address)
+        except Reject as refusal:
+            alone = refusal
+        assert alone == together
