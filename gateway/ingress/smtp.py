@@ -78,6 +78,7 @@ class IntakeQueue:
         self._lookups: deque[tuple[str, asyncio.Future[Any]]] = deque()
         self._messages: deque[tuple[InboundEmail, asyncio.Future[Any]]] = deque()
         self._filing = False
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     async def resolve(self, address: str) -> Destination:
         return await self._wait(self._lookups, address)  # type: ignore[no-any-return]
@@ -103,7 +104,9 @@ class IntakeQueue:
         messages = [item for item in _take(self._messages, MAX_BATCH) if not item[1].cancelled()]
         if lookups or messages:
             self._filing = True
-            asyncio.get_running_loop().create_task(self._file(lookups, messages))
+            task = asyncio.get_running_loop().create_task(self._file(lookups, messages))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _file(self, lookups: list[tuple[str, asyncio.Future[Any]]],
                     messages: list[tuple[InboundEmail, asyncio.Future[Any]]]) -> None:
