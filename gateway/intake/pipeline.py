@@ -121,7 +121,8 @@ class EmailIntake:
         if len(ready) > 1:
             try:
                 with self.gw.transaction() as session:
-                    stored = [self._store(session, item) for _, item in ready]
+                    # A duplicate breaks the unique dedupe key: the batch is rolled back, and stored again below.
+                    stored = [self._store(session, item, look_for_duplicate=False) for _, item in ready]
             except Exception:  # noqa: BLE001 - rolled back: every message is stored again on its own, below
                 pass
             else:
@@ -185,10 +186,10 @@ class EmailIntake:
                 identified = identify.identify(session, keys, item)
         return authenticate(self.authenticator, identified)
 
-    def _store(self, session: Session, authenticated: AuthenticatedEmail) -> StoredEmail:
+    def _store(self, session: Session, authenticated: AuthenticatedEmail, *, look_for_duplicate: bool = True) -> StoredEmail:
         return store(
             session, self.gw.keys, authenticated, rate_limit=self.settings.sender_rate_limit, limits=self.limits,
-            default_locale=self.settings.default_locale,
+            default_locale=self.settings.default_locale, look_for_duplicate=look_for_duplicate,
         )
 
     def _store_alone(self, authenticated: AuthenticatedEmail) -> Delivered:

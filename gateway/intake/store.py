@@ -55,7 +55,11 @@ def store(
     rate_limit: int,
     limits: AttachmentLimits,
     default_locale: str,
+    look_for_duplicate: bool = True,
 ) -> StoredEmail:
+    """`look_for_duplicate=False`: a stored duplicate is left to the message's unique dedupe key, which then
+    fails the insert (IntegrityError) and rolls the transaction back; for callers that store again on their
+    own what such a transaction held (`EmailIntake.deliver_many`), where the check would find nothing."""
     identified = item.identified
     email = identified.parsed.email
     sender = identified.sender
@@ -67,7 +71,7 @@ def store(
     # A retransmission (the sender never saw our 250) must not open a second thread: new-thread mail is
     # de-duplicated per practitioner and patient, replies per thread.
     dedupe_key = dedupe_key_for(keys, identified)
-    if has_duplicate(session, "email", dedupe_key):
+    if look_for_duplicate and has_duplicate(session, "email", dedupe_key):
         raise Discard("duplicate")
     if new_thread:
         practitioner = get_practitioner_by_id(session, identified.parsed.destination.practitioner_id or "")

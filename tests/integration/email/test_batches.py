@@ -104,3 +104,14 @@ def test_recipients_looked_up_together_each_get_their_own_answer(smtp_world: Wor
         except Reject as refusal:
             alone = refusal
         assert alone == together
+
+
+def test_a_batch_holding_a_message_stored_before_stores_the_rest_once(smtp_world: World) -> None:
+    intake = EmailIntake(smtp_world.gw)
+    reply = smtp_world.reply_address
+    earlier = _inbound(smtp_world, reply, message_id="<earlier@patient.example>")
+    assert intake.deliver(earlier).stored is not None
+    fresh, resent = intake.deliver_many([_inbound(smtp_world, reply), earlier])
+    assert isinstance(fresh, Delivered) and fresh.stored is not None
+    assert resent == Delivered(discarded="duplicate")
+    assert len(_stored_ids(smtp_world)) == 2
