@@ -57,9 +57,9 @@ def store(
     default_locale: str,
     look_for_duplicate: bool = True,
 ) -> StoredEmail:
-    """`look_for_duplicate=False`: a stored duplicate is left to the message's unique dedupe key, which then
-    fails the insert (IntegrityError) and rolls the transaction back; for callers that store again on their
-    own what such a transaction held (`EmailIntake.deliver_many`), where the check would find nothing."""
+    """`look_for_duplicate=False` leaves a duplicate to the message's unique dedupe key: its insert fails
+    (IntegrityError) and the transaction rolls back. For callers that then store each message of that
+    transaction again on its own, with the lookup (`EmailIntake.deliver_many`)."""
     identified = item.identified
     email = identified.parsed.email
     sender = identified.sender
