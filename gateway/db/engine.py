@@ -64,16 +64,22 @@ def _sqlite_writer(factory: sessionmaker[Session]) -> threading.RLock | None:
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error."""
+def _writers_queue(factory: sessionmaker[Session]) -> Iterator[None]:
+    """Wait for this process's other writers to the same SQLite file (nothing to wait for elsewhere)."""
     writer = _sqlite_writer(factory)
     queued = writer.acquire(timeout=_SQLITE_WRITER_WAIT) if writer is not None else False
     try:
-        with factory() as session, session.begin():
-            yield session
+        yield
     finally:
         if queued:
             writer.release()  # type: ignore[union-attr]
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error."""
+    with _writers_queue(factory), factory() as session, session.begin():
+        yield session
 
 
 @contextmanager
@@ -83,14 +89,8 @@ def connection_transaction(factory: sessionmaker[Session], *, one_statement: boo
 
     `one_statement=True` promises a single statement: on SQLite it is then its own transaction, without a
     BEGIN IMMEDIATE and a COMMIT around it (each a call that gives up the GIL, costly in a busy process)."""
-    writer = _sqlite_writer(factory)
-    queued = writer.acquire(timeout=_SQLITE_WRITER_WAIT) if writer is not None else False
-    try:
-        with factory.kw["bind"].connect() as connection:
-            if one_statement:
-                connection.execution_options(one_statement=True)
-            with connection.begin():
-                yield connection
-    finally:
-        if queued:
-            writer.release()  # type: ignore[union-attr]
+    with _writers_queue(factory), factory.kw["bind"].connect() as connection:
+        if one_statement:
+            connection.execution_options(one_statement=True)
+        with connection.begin():
+            yield connection
