@@ -54,9 +54,13 @@ class Keystore:
         return cls(ring, BlindIndex(unwrap("index")), DataKey(unwrap("directory")), Signer(unwrap("tokens")))
 
     def patient_key(self, patient: Patient) -> DataKey:
-        if patient.dek_wrapped is None or patient.kek_id is None:
+        return self.unwrap_patient_key(patient.id, patient.kek_id, patient.dek_wrapped)
+
+    def unwrap_patient_key(self, patient_id: str, kek_id: str | None, wrapped: bytes | None) -> DataKey:
+        """A patient's data key from the columns of their row (read without loading the row as an object)."""
+        if wrapped is None or kek_id is None:
             raise PatientErased()
-        return DataKey(self.ring.unwrap(patient.kek_id, patient.dek_wrapped, context=patient_key_context(patient.id)))
+        return DataKey(self.ring.unwrap(kek_id, wrapped, context=patient_key_context(patient_id)))
 
     def new_patient_key(self, patient_id: str) -> tuple[str, bytes, DataKey]:
         dek = DataKey.generate()

@@ -51,7 +51,7 @@ from gateway.notices.context import NoticeContext
 from gateway.notices.render import render
 from gateway.outbox import add_notice
 from gateway.ratelimit import first_in_window
-from gateway.threads.service import NewAttachment, post_message
+from gateway.threads.service import NewAttachment, post_message, thread_ref
 
 log = get_logger("gateway.intake.sms")
 
@@ -192,10 +192,6 @@ _THREADS = (
     .outerjoin(CareRelationship, and_(CareRelationship.patient_id == Thread.patient_id,
                                       CareRelationship.practitioner_id == Thread.practitioner_id))
     .where(Thread.patient_id.in_(bindparam("patients", expanding=True)))
-)
-# The patient comes along so that sealing (post_message) finds their key without another query.
-_THREAD_AND_PATIENT = select(Thread, Patient).join(Patient, Patient.id == Thread.patient_id).where(
-    Thread.id == bindparam("thread")
 )
 
 
@@ -439,8 +435,8 @@ def store(session: Session, gw: Gateway, fetched: FetchedSms) -> SmsResult:
             add_notice(session, "held_sms", patient_id=sender.patient_id, contact_id=sender.contact_id)
         return SmsResult("held", reason=routed.rule, held_id=held.id, media_to_delete=fetched.media_paths)
 
-    # Loaded before anything is added, so that this query does not flush a row on its own.
-    thread, _patient = session.execute(_THREAD_AND_PATIENT, {"thread": routed.thread_id}).one()
+    # The thread and its patient's wrapped key, as columns in one statement.
+    thread = thread_ref(session, routed.thread_id)
     _record_inbound(session, item, "stored")
     queue_deletions(session, fetched.media_paths)
     note = refused_note(refused, sender.locale) if refused else None

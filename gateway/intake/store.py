@@ -3,13 +3,10 @@ key, the other party's notice and the sender's acknowledgement. The caller commi
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Final
-
-from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import record
-from gateway.db.tables import Patient, Thread
+from gateway.db.tables import Patient
 from gateway.db.keystore import Keystore
 from gateway.errors import Discard, Reject
 from gateway.intake.attachments import AttachmentLimits, screen
@@ -17,17 +14,12 @@ from gateway.intake.values import AuthenticatedEmail, StoredEmail
 from gateway.outbox import add_notice
 from gateway.ratelimit import first_in_window, hit
 from gateway.directory.practices import get_practitioner_by_id
-from gateway.threads.service import NewAttachment, get_thread, has_duplicate, open_thread, post_message
+from gateway.threads.service import NewAttachment, has_duplicate, open_thread, post_message, thread_ref
 
 RATE_LIMITED = Reject(451, "4.7.0", "Too many messages from this sender, please retry later")
 EMPTY = Reject(550, "5.6.0", "The message is empty: nothing to deliver")
 NO_SUBJECT = {"fr": "(sans objet)", "en": "(no subject)"}
 NO_TEXT = {"fr": "(message sans texte)", "en": "(message without text)"}
-
-
-_THREAD_AND_PATIENT: Final = (
-    select(Thread, Patient).join(Patient, Patient.id == Thread.patient_id).where(Thread.id == bindparam("thread_id"))
-)
 
 
 def refused_note(names: list[tuple[str, str]], locale: str) -> str:
@@ -80,10 +72,8 @@ def store(
             subject=email.subject or NO_SUBJECT.get(default_locale, "(no subject)"), actor=f"email:{sender.contact_id}",
         )
     else:
-        # The thread and its patient (whose key seals the message) in one statement: `post_message` then
-        # finds the patient in the session (which holds it only while it is referenced, hence `owner`).
-        row = session.execute(_THREAD_AND_PATIENT, {"thread_id": identified.thread_id}).first()
-        thread, owner = row if row is not None else (get_thread(session, identified.thread_id or ""), None)
+        # The thread and its patient's wrapped key, as columns in one statement.
+        thread = thread_ref(session, identified.thread_id or "")
 
     accepted, refused = screen(email.attachments, limits)
     body = (email.body or email.full_text).strip("\r\n")

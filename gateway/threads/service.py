@@ -28,6 +28,35 @@ MAX_BODY = 1_000_000
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadRef:
+    """What posting to an existing thread needs of it and of its patient, read as columns in one statement
+    (`thread_ref`) instead of loading both rows as ORM objects: the hot path of inbound email and SMS."""
+
+    id: str
+    patient_id: str
+    practitioner_id: str
+    status: str
+    kek_id: str | None
+    dek_wrapped: bytes | None
+
+
+_T, _P = Thread.__table__, Patient.__table__
+_THREAD_REF = (
+    select(_T.c.id, _T.c.patient_id, _T.c.practitioner_id, _T.c.status, _P.c.kek_id, _P.c.dek_wrapped)
+    .join_from(_T, _P, _P.c.id == _T.c.patient_id)
+    .where(_T.c.id == bindparam("thread_id"))
+)
+
+
+def thread_ref(session: Session, thread_id: str) -> ThreadRef:
+    """The thread as `post_message` needs it, on the session's connection (nothing pending is flushed)."""
+    row = session.connection().execute(_THREAD_REF, {"thread_id": (thread_id or "").strip()}).first()
+    if row is None:
+        raise NotFound("unknown thread")
+    return ThreadRef(*row)
+
+
 @dataclass(frozen=True)
 class NewAttachment:
     filename: str
@@ -100,7 +129,9 @@ def get_thread(session: Session, thread_id: str) -> Thread:
     return thread
 
 
-def thread_key(session: Session, keys: Keystore, thread: Thread) -> DataKey:
+def thread_key(session: Session, keys: Keystore, thread: Thread | ThreadRef) -> DataKey:
+    if isinstance(thread, ThreadRef):
+        return keys.unwrap_patient_key(thread.patient_id, thread.kek_id, thread.dek_wrapped)
     patient = session.get(Patient, thread.patient_id)
     assert patient is not None
     return keys.patient_key(patient)
@@ -113,7 +144,7 @@ def thread_reply_address(keys: Keystore, thread: Thread, party: str, domain: str
 def post_message(
     session: Session,
     keys: Keystore,
-    thread: Thread,
+    thread: Thread | ThreadRef,
     *,
     author: str,
     channel: str,
@@ -173,8 +204,9 @@ def post_message(
             )
         conn.execute(_INSERT_ATTACHMENT, rows)
     conn.execute(_TOUCH_THREAD, {"thread_id": thread.id, "at": created_at})
-    # The row is written: the object says so too, without being marked for another UPDATE at the next flush.
-    set_committed_value(thread, "last_message_at", created_at)
+    if isinstance(thread, Thread):
+        # The row is written: the object says so too, without being marked for another UPDATE at the next flush.
+        set_committed_value(thread, "last_message_at", created_at)
     # Not added to the session (its row is already written): callers read its attributes only.
     message = Message(**values)
     if notify:
