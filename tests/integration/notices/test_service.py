@@ -69,3 +69,45 @@ def test_a_committed_message_wakes_the_dispatcher_at_once(settings_factory: Any,
         service.stop()
         relay.stop()
         gw.close()
+
+
+def test_commits_in_quick_succession_are_claimed_together(
+    settings_factory: Any, canaries: dict[str, str], monkeypatch: Any
+) -> None:
+    # Each commit wakes the dispatcher; those within GATHER_SECONDS of a claim join the next one rather
+    # than costing a claim transaction each. Rows past their lease are looked for once per poll, not at
+    # every wake-up (the poll is an hour here: only at the first claim).
+    from gateway.workers import dispatcher
+
+    calls: list[bool] = []
+    real = dispatcher.claim_due
+
+    def counting(*args: Any, **kwargs: Any) -> list[str]:
+        calls.append(kwargs["stale"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dispatcher, "claim_due", counting)
+    monkeypatch.setattr(dispatcher, "GATHER_SECONDS", 0.5)
+    relay = SmtpSink()
+    relay.start()
+    gw = Gateway(
+        settings_factory(
+            outbound_smtp_url=f"smtp://{relay.host}:{relay.port}", public_url="https://portal.example.test",
+            notice_poll_seconds=3600,
+        )
+    )
+    gw.init()
+    addresses = [f"burst{i}@example.net" for i in range(6)]
+    worlds = [make_world(gw, canaries, phone=False, suffix=str(i + 20), patient_email=a) for i, a in enumerate(addresses)]
+    service = NoticeService(gw, worker=True, threads=2).start()
+    try:
+        for world in worlds:
+            post(gw, world, "practitioner")
+        wait_for(lambda: len(states(gw)) == 6 and all(s == "sent" for s, _, _ in states(gw)), timeout=10)
+        assert sorted(r for m in relay.messages for r in m.rcpt_tos) == sorted(addresses)
+        assert calls[0] is True and not any(calls[1:])
+        assert len(calls) <= 4  # the first claim at start, then at most one per 0.5 s while posting
+    finally:
+        service.stop()
+        relay.stop()
+        gw.close()
