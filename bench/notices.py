@@ -1,19 +1,35 @@
 #!/usr/bin/env python3
 """Outbound notice throughput: a message posted -> its notice accepted by a loopback SMTP sink, through
 the whole path (outbox row, dispatcher, dramatiq, coalescing check, link issued, render, relay send,
-outcome recorded), with the in-process (embedded) broker and with Redis. In the same run, on the same
-broker and sink, the bare rate of dramatiq with an actor that only sends one fixed message. Prints
-notices/s for both, their ratio, and the post -> delivery latency percentiles, both at saturation and at a
-paced rate (what a patient waits for on a normal day). "outbox drain" times the notice path alone (messages
-posted first, then the workers start), which is what the bare actor is compared with; "end to end" posts
-and sends at once in the same process.
+outcome recorded), and beside it, on the same broker and sink with the same number of worker threads, the
+bare rate of dramatiq with an actor that only sends one fixed message (the same relay sender).
+
+Two layouts, as deployed:
+- in-process (GATEWAY_BROKER_URL empty, `gateway run`): posting, dispatcher, dramatiq worker and the sink
+  share this one process; the bare actor's worker runs in this process too.
+- redis (`gateway run --no-worker` plus `gateway worker`): posting and the dispatcher run in this process,
+  the notice actor in one `gateway worker` process; the bare actor likewise in a worker process of its own
+  (`--bare-worker`). Each worker process is started and has sent one message before anything is timed;
+  the `gateway worker` polls only hourly, so rows are handed out by this process's dispatcher, as the web
+  process's would be. The sink stays in this process for both sides.
+The sink (aiosmtpd, about 1.5 ms CPU a message here) is counted on both sides and, in-process, shares the
+GIL with them: with the relay elsewhere, as deployed, both rates would be higher and their ratio lower.
+
+Runs: "outbox drain" posts n messages first, then starts the dispatcher (and, in-process, the worker):
+the notice path alone, what the bare actor is compared with; "end to end" posts and sends at once;
+"paced" posts at a steady rate well below capacity (the latency a recipient sees on a normal day). The
+bare run enqueues n messages to a worker already running. Each row prints notices/s, the post -> delivery
+latency percentiles (drain and bare: from the start of the run), and the CPU time spent per notice by
+every process of the run (this one, sink included, and the worker process), user + system.
 
     .venv/bin/python bench/notices.py [-n 400] [--paced 120 --rate 20] [--threads 8] [--redis redis://127.0.0.1:6379/0]
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -85,6 +101,7 @@ class Result:
     n: int
     seconds: float
     latencies: list[float]
+    cpu: float = float("nan")  # seconds of CPU (user + system) of every process of the run
 
     @property
     def rate(self) -> float:
@@ -97,12 +114,40 @@ class Result:
         return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def make_gateway(data_dir: Path, sink: Sink, broker_url: str, namespace: str, threads: int, database_url: str) -> Gateway:
-    settings = Settings(
+class Cpu:
+    """CPU seconds (user + system) of this process and of the worker processes it started."""
+
+    def __init__(self) -> None:
+        self.children: list[int] = []
+
+    def __call__(self) -> float:
+        times = os.times()
+        total = times.user + times.system
+        ticks = os.sysconf("SC_CLK_TCK")
+        for pid in self.children:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
+
+
+CPU = Cpu()
+
+
+def gateway_settings(data_dir: Path, sink: Sink, broker_url: str, namespace: str, threads: int,
+                     database_url: str) -> dict[str, object]:
+    return dict(
         data_dir=data_dir, database_url=database_url, broker_url=broker_url, broker_namespace=namespace,
-        mail_domain=DOMAIN, public_url=PUBLIC_URL, outbound_smtp_url=f"smtp://127.0.0.1:{sink.port}",  # type: ignore[arg-type]
+        mail_domain=DOMAIN, public_url=PUBLIC_URL, outbound_smtp_url=f"smtp://127.0.0.1:{sink.port}",
         notice_poll_seconds=0.25, worker_threads=threads, log_level="WARNING",
     )
+
+
+def make_gateway(data_dir: Path, sink: Sink, broker_url: str, namespace: str, threads: int, database_url: str) -> Gateway:
+    settings = Settings(**gateway_settings(data_dir, sink, broker_url, namespace, threads, database_url))  # type: ignore[arg-type]
     gw = Gateway(settings)
     gw.init()
     keys = gw.keys
@@ -136,58 +181,105 @@ def post(gw: Gateway, thread_id: str) -> None:
         post_message(s, keys, get_thread(s, thread_id), author="practitioner", channel="portal", body=BODY)
 
 
-def whole_path(gw: Gateway, sink: Sink, label: str, n: int, paced: int, rate: float, timeout: float) -> list[Result]:
+def start_process(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+    CPU.children.append(process.pid)
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    CPU.children.remove(process.pid)
+
+
+def gateway_worker(gw: Gateway, sink: Sink, threads: int) -> subprocess.Popen[bytes]:
+    """`gateway worker` for the bench's gateway, in its own process. Its dispatcher polls hourly: rows are
+    handed out by the dispatcher of this process (the web process's role), woken by its commits."""
+    s = gw.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({
+        "GATEWAY_DATA_DIR": str(s.data_dir), "GATEWAY_DATABASE_URL": s.database_url, "GATEWAY_BROKER_URL": s.broker_url,
+        "GATEWAY_BROKER_NAMESPACE": s.broker_namespace, "GATEWAY_MAIL_DOMAIN": DOMAIN, "GATEWAY_PUBLIC_URL": PUBLIC_URL,
+        "GATEWAY_OUTBOUND_SMTP_URL": f"smtp://127.0.0.1:{sink.port}", "GATEWAY_NOTICE_POLL_SECONDS": "3600",
+        "GATEWAY_WORKER_THREADS": str(threads), "GATEWAY_LOG_LEVEL": "WARNING",
+    })
+    return start_process([sys.executable, "-m", "gateway.cli", "worker"], env, s.data_dir)
+
+
+def whole_path(gw: Gateway, sink: Sink, label: str, n: int, paced: int, rate: float, timeout: float,
+               own_process: bool) -> list[Result]:
     drain = make_threads(gw, n, f"d{uuid.uuid4().hex[:6]}-")
     saturate = make_threads(gw, n, f"s{uuid.uuid4().hex[:6]}-")
     calm = make_threads(gw, paced, f"p{uuid.uuid4().hex[:6]}-")
     results = []
-
-    # 1. The notice path alone: n messages already posted, then the workers start (what bare dramatiq does).
-    posted: dict[str, float] = {}
-    for thread_id, address in drain:
-        post(gw, thread_id)
-        posted[address] = time.perf_counter()
-    base = sink.count
-    start = time.perf_counter()
-    service = NoticeService(gw, worker=True).start()
-    try:
-        sink.wait(base + n, timeout)
-        results.append(Result(f"{label} outbox drain", n, max(sink.received[a] for a in posted) - start,
-                              [sink.received[a] - start for a in posted]))
-
-        # 2. End to end at saturation: posting (same process) and sending compete for the same cores.
+    worker = None
+    if own_process:
+        # The worker process starts, and sends one notice, before anything is timed.
+        ((warm_id, _),) = make_threads(gw, 1, f"w{uuid.uuid4().hex[:6]}-")
+        worker = gateway_worker(gw, sink, gw.settings.worker_threads)
+        service = NoticeService(gw, worker=False).start()
         base = sink.count
-        posted = {}
-        start = time.perf_counter()
-        for thread_id, address in saturate:
-            post(gw, thread_id)
-            posted[address] = time.perf_counter()
-        sink.wait(base + n, timeout)
-        results.append(Result(f"{label} end to end", n, max(sink.received[a] for a in posted) - start,
-                              [sink.received[a] - t for a, t in posted.items()]))
-
-        # 3. A normal day: posts at a steady rate well below capacity; the latency a recipient sees.
-        base = sink.count
-        posted = {}
-        start = time.perf_counter()
-        for i, (thread_id, address) in enumerate(calm):
-            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            post(gw, thread_id)
-            posted[address] = time.perf_counter()
-        sink.wait(base + paced, timeout)
-        results.append(Result(f"{label} paced {rate:g}/s", paced, max(sink.received[a] for a in posted) - start,
-                              [sink.received[a] - t for a, t in posted.items()]))
-        return results
-    finally:
+        post(gw, warm_id)
+        sink.wait(base + 1, timeout)
         service.stop()
+    try:
+        # 1. The notice path alone: n messages already posted, then the dispatcher (and in-process workers) start.
+        posted: dict[str, float] = {}
+        for thread_id, address in drain:
+            post(gw, thread_id)
+            posted[address] = time.perf_counter()
+        base = sink.count
+        cpu = CPU()
+        start = time.perf_counter()
+        service = NoticeService(gw, worker=not own_process).start()
+        try:
+            sink.wait(base + n, timeout)
+            results.append(Result(f"{label} outbox drain", n, max(sink.received[a] for a in posted) - start,
+                                  [sink.received[a] - start for a in posted], CPU() - cpu))
+
+            # 2. End to end at saturation: posting and sending at once.
+            base = sink.count
+            posted = {}
+            cpu = CPU()
+            start = time.perf_counter()
+            for thread_id, address in saturate:
+                post(gw, thread_id)
+                posted[address] = time.perf_counter()
+            sink.wait(base + n, timeout)
+            results.append(Result(f"{label} end to end", n, max(sink.received[a] for a in posted) - start,
+                                  [sink.received[a] - t for a, t in posted.items()], CPU() - cpu))
+
+            # 3. A normal day: posts at a steady rate well below capacity; the latency a recipient sees.
+            base = sink.count
+            posted = {}
+            cpu = CPU()
+            start = time.perf_counter()
+            for i, (thread_id, address) in enumerate(calm):
+                time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                post(gw, thread_id)
+                posted[address] = time.perf_counter()
+            sink.wait(base + paced, timeout)
+            results.append(Result(f"{label} paced {rate:g}/s", paced, max(sink.received[a] for a in posted) - start,
+                                  [sink.received[a] - t for a, t in posted.items()], CPU() - cpu))
+            return results
+        finally:
+            service.stop()
+    finally:
+        if worker is not None:
+            stop_process(worker)
 
 
-def bare_dramatiq(sink: Sink, broker_url: str, namespace: str, threads: int, n: int, timeout: float) -> Result:
+def bare_actor(sink_port: int, broker_url: str, namespace: str) -> tuple[dramatiq.Broker, dramatiq.Actor, LoopThread]:
     """dramatiq on the same broker kind: an actor that only sends one prebuilt message to the same sink."""
     settings = Settings(data_dir=Path("/nonexistent"), broker_url=broker_url, broker_namespace=namespace + "-bare")
     broker = make_broker(settings)
     loop = LoopThread()
-    sender = RelayEmailSender(f"smtp://127.0.0.1:{sink.port}")
+    sender = RelayEmailSender(f"smtp://127.0.0.1:{sink_port}")
     rendered = render("new_message", NoticeContext(practice_name="Cabinet du Parc", locale="fr",
                                                    login_url=PUBLIC_URL + "/l/" + "k" * 43), public_url=PUBLIC_URL)
     fixed = build_notice_email(rendered, to="bare@patient.example", sender=f"notifications@{DOMAIN}",
@@ -199,11 +291,41 @@ def bare_dramatiq(sink: Sink, broker_url: str, namespace: str, threads: int, n: 
 
     actor = dramatiq.Actor(send_fixed, broker=broker, actor_name="bench_bare", queue_name=f"{namespace}-bare.q",
                            priority=0, options={"max_retries": 0})
+    return broker, actor, loop
+
+
+def bare_worker_main(sink_port: int, broker_url: str, namespace: str, threads: int) -> None:
+    """`--bare-worker`: the bare actor's dramatiq worker in a process of its own, until SIGTERM."""
+    configure("WARNING")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    broker, _actor, loop = bare_actor(sink_port, broker_url, namespace)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=250)
     worker.start()
+    stopping.wait()
+    worker.stop(timeout=30_000)
+    loop.close()
+    broker.close()
+
+
+def bare_dramatiq(sink: Sink, broker_url: str, namespace: str, threads: int, n: int, timeout: float,
+                  own_process: bool) -> Result:
+    broker, actor, loop = bare_actor(sink.port, broker_url, namespace)
+    process = worker = None
+    if own_process:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--bare-worker", "--redis", broker_url,
+                "--namespace", namespace, "--threads", str(threads), "--sink-port", str(sink.port)]
+        process = start_process(argv, dict(os.environ), Path.cwd())
+    else:
+        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=250)
+        worker.start()
     try:
-        time.sleep(0.5)
+        # One message first: the worker is up (and, in its own process, has started) before timing.
         base = sink.count
+        actor.send(-1)
+        sink.wait(base + 1, timeout)
+        base = sink.count
+        cpu = CPU()
         start = time.perf_counter()
         enqueued: dict[str, float] = {}
         for i in range(n):
@@ -211,9 +333,12 @@ def bare_dramatiq(sink: Sink, broker_url: str, namespace: str, threads: int, n: 
             enqueued[f"bare-{namespace}-{i}@patient.example"] = time.perf_counter()
         sink.wait(base + n, timeout)
         seconds = max(sink.received[a] for a in enqueued) - start
-        return Result("bare dramatiq", n, seconds, [sink.received[a] - t for a, t in enqueued.items()])
+        return Result("bare dramatiq", n, seconds, [sink.received[a] - t for a, t in enqueued.items()], CPU() - cpu)
     finally:
-        worker.stop(timeout=30_000)
+        if worker is not None:
+            worker.stop(timeout=30_000)
+        if process is not None:
+            stop_process(process)
         loop.close()
         broker.close()
 
@@ -236,7 +361,13 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL; empty to skip")
     parser.add_argument("--database-url", default="", help="default: a SQLite file in a temporary data dir")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--namespace", help=argparse.SUPPRESS)
+    parser.add_argument("--sink-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_worker:
+        bare_worker_main(args.sink_port, args.redis, args.namespace, args.threads)
+        return
 
     configure("WARNING")
     sink = Sink()
@@ -250,10 +381,10 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
                 gw = make_gateway(Path(tmp), sink, url, namespace, args.threads, args.database_url)
                 try:
-                    whole = whole_path(gw, sink, label, args.n, args.paced, args.rate, args.timeout)
+                    whole = whole_path(gw, sink, label, args.n, args.paced, args.rate, args.timeout, bool(url))
                 finally:
                     gw.close()
-            bare = bare_dramatiq(sink, url, namespace, args.threads, args.n, args.timeout)
+            bare = bare_dramatiq(sink, url, namespace, args.threads, args.n, args.timeout, bool(url))
             if url:
                 cleanup_redis(url, namespace)
             rows.append((label, whole, bare))
@@ -262,15 +393,16 @@ def main() -> None:
 
     print(f"\nnotices: {args.n} per saturated run, {args.paced} paced at {args.rate:g}/s; {args.threads} worker threads;"
           f" database: {args.database_url.split(':')[0] if args.database_url else 'sqlite'}")
-    print(f"{'run':<32} {'notices/s':>10} {'p50 s':>8} {'p99 s':>8}")
+    print(f"{'run':<32} {'notices/s':>10} {'p50 s':>8} {'p99 s':>8} {'cpu ms/notice':>14}")
     for label, whole, bare in rows:
         for r in (*whole, bare):
             name = r.label if r is not bare else f"{label} bare dramatiq"
-            print(f"{name:<32} {r.rate:>10.1f} {r.pct(50):>8.3f} {r.pct(99):>8.3f}")
+            print(f"{name:<32} {r.rate:>10.1f} {r.pct(50):>8.3f} {r.pct(99):>8.3f} {1000 * r.cpu / r.n:>14.2f}")
         drain, end_to_end = whole[0], whole[1]
         print(f"{label + ' ratio drain/bare':<32} {drain.rate / bare.rate:>10.2f}")
         print(f"{label + ' ratio end-to-end/bare':<32} {end_to_end.rate / bare.rate:>10.2f}")
     print()
+
 
 if __name__ == "__main__":
     main()
