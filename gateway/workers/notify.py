@@ -41,7 +41,7 @@ from gateway.threads.service import original_aad
 from gateway.workers.channels import Route, mark_contact, route_contacts
 from gateway.workers.coalesce import any_candidate, covering_notice
 from gateway.workers.senders import LoopThread, Senders
-from gateway.workers.writes import writing, writing_rows
+from gateway.workers.writes import Combined, writing
 
 log = get_logger("gateway.workers.notify")
 
@@ -60,7 +60,7 @@ _EMAIL_SEND_TIMEOUT: Final = 120.0
 
 
 # The statements run for every notice, built once with bind parameters: on SQLite, building and keying a
-# statement costs more than running it. They run on a bare connection (Core, `writing_rows`): the ORM's
+# statement costs more than running it. They run on a bare connection (Core, `Combined`): the ORM's
 # bulk-update path, with nothing to synchronise, only adds time (about twice the cost of one write).
 #
 # The row, its recipient, their practice and the thread in one query, as plain columns (loading five ORM
@@ -209,6 +209,8 @@ class Notifier:
         self.senders = senders
         self._loop = LoopThread()
         self._rng = rng or random.Random()
+        # The actor threads' claims and outcomes: those that queue up together share one transaction.
+        self._writes = Combined(gw)
 
     def close(self) -> None:
         self._loop.close()
@@ -225,15 +227,24 @@ class Notifier:
         One short transaction reads what the claim needs (coalescing, routes, addresses: two queries) and
         claims the row and issues its link; rendering and sending wait for its commit. A separate read
         transaction before it cost more (a connection, a BEGIN and a COMMIT per notice) than the writer
-        lock is held for the two queries."""
+        lock is held for the two queries. Claims and outcomes of threads that queue up at the same time
+        share one transaction (`Combined`)."""
         keys = self.gw.keys  # loaded before any transaction (SQLite: it opens its own read session)
         now = datetime.now(timezone.utc)
-        with writing_rows(self.gw) as db:
+
+        def look_and_claim(db: Connection) -> tuple[Look | None, Claimed | str | None]:
             look = self._look(db, keys, row_id, now)
-            if look is None:
-                return None
-            claimed = self._claim(db, row_id, now, look)
+            return look, (self._claim(db, row_id, now, look) if look is not None else None)
+
+        look, claimed = self._writes.run(look_and_claim)
+        if look is None or claimed is None:
+            return None
         if not isinstance(claimed, Claimed):
+            NOTICES.labels("none", claimed).inc()
+            if claimed == "coalesced":
+                log.info("notice.coalesced", row=row_id, kind=look.kind, covered_by=look.covered_by)
+            else:
+                log.warning("notice.failed", row=row_id, kind=look.kind, code=look.fail)
             return claimed
         plan = self._plan(row_id, look, claimed)
         return self._send(plan) if isinstance(plan, Plan) else plan
@@ -299,14 +310,7 @@ class Notifier:
         if look.covered_by is not None or look.fail is not None:
             state = "coalesced" if look.covered_by is not None else "failed"
             done = db.execute(_SETTLE, {**claimable, "new_state": state, "new_error_code": look.fail})
-            if done.rowcount != 1:
-                return None
-            NOTICES.labels("none", state).inc()
-            if state == "coalesced":
-                log.info("notice.coalesced", row=row_id, kind=look.kind, covered_by=look.covered_by)
-            else:
-                log.warning("notice.failed", row=row_id, kind=look.kind, code=look.fail)
-            return state
+            return state if done.rowcount == 1 else None  # the caller counts and logs it, once committed
         claimed = db.execute(_CLAIM, {**claimable, "new_claimed_at": now}).first()
         if claimed is None:
             return None
@@ -381,8 +385,8 @@ class Notifier:
         return text if text.startswith("<") and text.endswith(">") and "@" in text and " " not in text else None
 
     def _finish_now(self, row_id: str, kind: str, code: str) -> str:
-        with writing_rows(self.gw, one_statement=True) as db:
-            db.execute(_outcome(("error_code",)), {"row_id": row_id, "new_state": "failed", "new_error_code": code})
+        params = {"row_id": row_id, "new_state": "failed", "new_error_code": code}
+        self._writes.run(lambda db: db.execute(_outcome(("error_code",)), params), one_statement=True)
         NOTICES.labels("none", "failed").inc()
         log.warning("notice.failed", row=row_id, kind=kind, code=code)
         return "failed"
@@ -479,8 +483,7 @@ class Notifier:
         """Write the outcome unless the row already reached a final state (a duplicate run finished first)."""
         names = tuple(sorted(values))
         params = {"row_id": plan.row_id, "new_state": state, **{f"new_{name}": values[name] for name in names}}
-        with writing_rows(self.gw, one_statement=True) as db:
-            db.execute(_outcome(names), params)
+        self._writes.run(lambda db: db.execute(_outcome(names), params), one_statement=True)
         NOTICES.labels(metric_channel, metric_state or state).inc()
         if state == "sent":
             log.info("notice.sent", row=plan.row_id, kind=plan.kind, channel=metric_channel, attempt=plan.attempts)

@@ -5,12 +5,15 @@ On SQLite the writers of this process already queue on one lock per database fil
 `writing` is `gw.transaction()` under the name the worker code reads best with. The notice actor's own
 statements are Core only: `writing_rows` gives it a bare connection in a transaction, without a Session
 (the same writer queue), which costs a third less per transaction; an outcome, one UPDATE, is written
-as a transaction of its own (`one_statement`).
+as a transaction of its own (`one_statement`). The notice actor's transactions go through `Combined`, which
+runs those that queue up at the same time as one.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -29,3 +32,71 @@ def writing(gw: Gateway) -> Iterator[Session]:
 def writing_rows(gw: Gateway, *, one_statement: bool = False) -> Iterator[Connection]:
     with connection_transaction(gw.sessions, one_statement=one_statement) as connection:
         yield connection
+
+
+T = TypeVar("T")
+
+
+class _Work(Generic[T]):
+    __slots__ = ("work", "one_statement", "done", "result", "error")
+
+    def __init__(self, work: Callable[[Connection], T], one_statement: bool) -> None:
+        self.work = work
+        self.one_statement = one_statement
+        self.done = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class Combined:
+    """The worker threads' short write transactions, run several in one when they queue up.
+
+    A thread hands its work (a function of a connection) in and waits for its turn; the thread that gets
+    the turn runs every work waiting by then, in order, in one transaction with one commit, and the
+    others find theirs done. Each call still returns only after its own work is committed. Should any
+    work in a shared transaction fail, the whole is rolled back and each is run again in a transaction of
+    its own, so a failure reaches only its own caller. A work must therefore have no effect outside the
+    database (metrics and log lines come after the call), and may run twice.
+    """
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self._waiting: list[_Work[Any]] = []
+        self._guard = threading.Lock()  # the list of waiting works
+        self._turn = threading.Lock()  # one thread runs transactions at a time; the others' work rides along
+
+    def run(self, work: Callable[[Connection], T], *, one_statement: bool = False) -> T:
+        """`work(connection)` committed; `one_statement`: it runs a single statement (see `writing_rows`)."""
+        mine = _Work(work, one_statement)
+        with self._guard:
+            self._waiting.append(mine)
+        with self._turn:
+            if not mine.done:
+                with self._guard:
+                    batch, self._waiting = self._waiting, []
+                self._run(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.result  # type: ignore[return-value]
+
+    def _run(self, batch: list[_Work[Any]]) -> None:
+        try:
+            if len(batch) > 1:
+                try:
+                    with writing_rows(self.gw) as db:
+                        results = [item.work(db) for item in batch]
+                except Exception:  # noqa: BLE001 - whichever failed, each runs again alone below
+                    pass
+                else:
+                    for item, result in zip(batch, results):
+                        item.result = result
+                    return
+            for item in batch:
+                try:
+                    with writing_rows(self.gw, one_statement=item.one_statement) as db:
+                        item.result = item.work(db)
+                except BaseException as exc:  # noqa: BLE001 - handed to the thread whose work it is
+                    item.error = exc
+        finally:
+            for item in batch:
+                item.done = True
