@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -30,8 +31,11 @@ class RenderedNotice:
     sms: str | None
 
 
-def render(kind: str, ctx: NoticeContext, *, public_url: str) -> RenderedNotice:
-    """Render every form of `kind` that its channels call for.
+def render(
+    kind: str, ctx: NoticeContext, *, public_url: str, channels: Collection[str] | None = None
+) -> RenderedNotice:
+    """Render every form of `kind` that its channels call for (only those of them in `channels`, when
+    given: the sender renders the forms its routes use).
 
     Raises ValueError (fixed texts) for an unknown kind, a missing context field, a login link that does
     not start with `public_url`, or an SMS form that is not GSM-7 or does not fit one segment.
@@ -48,8 +52,6 @@ def render(kind: str, ctx: NoticeContext, *, public_url: str) -> RenderedNotice:
         if not ctx.login_url.startswith(prefix) or not _TOKEN.fullmatch(ctx.login_url[len(prefix):]):
             raise ValueError("login_url must be <public url>/l/<token>")
 
-    env = _environment()
-    folder = f"{kind}/{ctx.locale}/"
     values = {
         "practice_name": ctx.practice_name,
         "locale": ctx.locale,
@@ -60,18 +62,27 @@ def render(kind: str, ctx: NoticeContext, *, public_url: str) -> RenderedNotice:
         "public_url": base,
     }
     subject = text = html = sms = None
-    if "email" in spec.channels:
-        subject = env.get_template(folder + "subject.txt").render(values).strip()
+    if "email" in spec.channels and (channels is None or "email" in channels):
+        subject = _template(kind, ctx.locale, "subject.txt").render(values).strip()
         if "\n" in subject or "\r" in subject:
             raise ValueError("notice subject must be one line")
-        text = env.get_template(folder + "body.txt").render(values).rstrip() + "\n"
-        html = env.get_template(folder + "body.html").render(values, subject=subject)
-    if "sms" in spec.channels:
-        sms = _fit_one_segment(env.get_template(folder + "sms.txt"), values)
+        text = _template(kind, ctx.locale, "body.txt").render(values).rstrip() + "\n"
+        html = _template(kind, ctx.locale, "body.html").render(values, subject=subject)
+    if "sms" in spec.channels and (channels is None or "sms" in channels):
+        sms = _fit_one_segment(_template(kind, ctx.locale, "sms.txt"), values)
     return RenderedNotice(subject=subject, text=text, html=html, sms=sms)
 
 
+@functools.lru_cache(maxsize=256)
+def _template(kind: str, locale: str, form: str) -> Template:
+    # The environment keeps compiled templates too, but looking one up there costs a loader and cache
+    # round per form and notice.
+    return _environment().get_template(f"{kind}/{locale}/{form}")
+
+
+@functools.lru_cache(maxsize=8)
 def _public_base(public_url: str) -> str:
+    # One value per process (a setting); parsed once.
     base = public_url.rstrip("/")
     parts = urlsplit(base)
     if (

@@ -331,6 +331,7 @@ class Notifier:
                     emergency_numbers=self.settings.emergency_numbers,
                 ),
                 public_url=self.settings.resolved_public_url,
+                channels={attempt.route.channel for attempt in look.attempts},
             )
         except ValueError:
             return self._finish_now(row_id, look.kind, "render")

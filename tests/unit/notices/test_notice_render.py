@@ -194,3 +194,14 @@ def test_sms_templates_are_written_in_gsm7() -> None:
 def test_templates_are_found_in_the_checkout() -> None:
     assert templates_dir() == REPO / "templates"
     assert isinstance(templates_dir(), Path)
+
+
+def test_only_the_forms_of_the_channels_asked_for_are_rendered() -> None:
+    ctx = careless_context("fr")
+    every = render("new_message", ctx, public_url=PUBLIC_URL)
+    email = render("new_message", ctx, public_url=PUBLIC_URL, channels={"email"})
+    sms = render("new_message", ctx, public_url=PUBLIC_URL, channels=("sms",))
+    assert email.sms is None and (email.subject, email.text) == (every.subject, every.text)
+    assert email.html is not None and sms.sms == every.sms
+    assert (sms.subject, sms.text, sms.html) == (None, None, None)
+    assert render("new_message", ctx, public_url=PUBLIC_URL, channels=()) == RenderedNotice(None, None, None, None)
