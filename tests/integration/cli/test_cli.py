@@ -57,6 +57,7 @@ BAD_INPUT = [
     (["patient", "add", "--practice", "nope", "--name", "X", "--email", "x@example.org"], "unknown practice"),
     (["patient", "add", "--practice", "cab", "--name", "X", "--email", "not-an-email"], "malformed email"),
     (["patient", "add", "--practice", "cab", "--name", "X", "--email", "a@b"], "malformed email"),
+    (["patient", "add", "--practice", "cab", "--name", "X", "--email", "a@["], "malformed email"),  # stdlib AttributeError
     (["patient", "add", "--practice", "cab", "--name", "X", "--phone", "12"], "phone number"),
     (["patient", "add", "--practice", "cab", "--name", "X", "--phone", "abc"], "phone number"),
     (["patient", "add", "--practice", "cab", "--name", " ", "--email", "x@example.org"], "name"),
