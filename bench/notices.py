@@ -27,6 +27,7 @@ every process of the run (this one, sink included, and the worker process), user
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import signal
 import subprocess
@@ -57,6 +58,8 @@ from gateway.workers.senders import LoopThread  # noqa: E402
 from gateway.workers.service import NoticeService  # noqa: E402
 
 DOMAIN = "bench.example"
+# One key for the run: with --database-url both layouts (and the worker processes) share the database.
+MASTER_KEY = "kbench:" + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
 PUBLIC_URL = "https://portal.bench.example"
 BODY = "Bonjour, vos résultats sont disponibles. Rien d'inquiétant, nous en parlerons au prochain rendez-vous.\n"
 
@@ -141,9 +144,13 @@ def gateway_settings(data_dir: Path, sink: Sink, broker_url: str, namespace: str
                      database_url: str) -> dict[str, object]:
     return dict(
         data_dir=data_dir, database_url=database_url, broker_url=broker_url, broker_namespace=namespace,
-        mail_domain=DOMAIN, public_url=PUBLIC_URL, outbound_smtp_url=f"smtp://127.0.0.1:{sink.port}",
-        notice_poll_seconds=0.25, worker_threads=threads, log_level="WARNING",
+        master_key=MASTER_KEY, mail_domain=DOMAIN, public_url=PUBLIC_URL,
+        outbound_smtp_url=f"smtp://127.0.0.1:{sink.port}", notice_poll_seconds=0.25, worker_threads=threads, log_level="WARNING",
     )
+
+
+def practice_slug(gw: Gateway) -> str:
+    return "bench-" + gw.settings.broker_namespace.rpartition("-")[2]
 
 
 def make_gateway(data_dir: Path, sink: Sink, broker_url: str, namespace: str, threads: int, database_url: str) -> Gateway:
@@ -152,9 +159,11 @@ def make_gateway(data_dir: Path, sink: Sink, broker_url: str, namespace: str, th
     gw.init()
     keys = gw.keys
     with gw.transaction() as s:
-        add_practice(s, slug="bench", name="Cabinet du Parc")
+        # Slugs of their own per gateway: with --database-url both layouts share the database.
+        add_practice(s, slug=practice_slug(gw), name="Cabinet du Parc")
         s.flush()
-        add_practitioner(s, keys, practice_slug="bench", slug="dr-bench", name="Dr Bench", email="dr@bench.example")
+        add_practitioner(s, keys, practice_slug=practice_slug(gw), slug="dr-" + practice_slug(gw), name="Dr Bench",
+                         email="dr@bench.example")
     return gw
 
 
@@ -166,11 +175,12 @@ def make_threads(gw: Gateway, n: int, prefix: str) -> list[tuple[str, str]]:
     with gw.transaction() as s:
         for i in range(n):
             address = f"{prefix}{i}@patient.example"
-            patient = add_patient(s, keys, practice_slug="bench", name=f"Patient {i}", email=address, verified=True)
+            patient = add_patient(s, keys, practice_slug=practice_slug(gw), name=f"Patient {i}", email=address, verified=True)
             s.flush()
-            add_care(s, patient_id=patient.id, practitioner_slug="dr-bench")
+            add_care(s, patient_id=patient.id, practitioner_slug="dr-" + practice_slug(gw))
             s.flush()
-            thread = open_thread(s, keys, patient_id=patient.id, practitioner_slug="dr-bench", subject="Résultats")
+            thread = open_thread(s, keys, patient_id=patient.id, practitioner_slug="dr-" + practice_slug(gw),
+                                 subject="Résultats")
             out.append((thread.id, address))
     return out
 
@@ -203,8 +213,9 @@ def gateway_worker(gw: Gateway, sink: Sink, threads: int) -> subprocess.Popen[by
     s = gw.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update({
-        "GATEWAY_DATA_DIR": str(s.data_dir), "GATEWAY_DATABASE_URL": s.database_url, "GATEWAY_BROKER_URL": s.broker_url,
-        "GATEWAY_BROKER_NAMESPACE": s.broker_namespace, "GATEWAY_MAIL_DOMAIN": DOMAIN, "GATEWAY_PUBLIC_URL": PUBLIC_URL,
+        "GATEWAY_DATA_DIR": str(s.data_dir), "GATEWAY_DATABASE_URL": s.database_url,
+        "GATEWAY_BROKER_URL": s.broker_url, "GATEWAY_BROKER_NAMESPACE": s.broker_namespace,
+        "GATEWAY_MASTER_KEY": MASTER_KEY, "GATEWAY_MAIL_DOMAIN": DOMAIN, "GATEWAY_PUBLIC_URL": PUBLIC_URL,
         "GATEWAY_OUTBOUND_SMTP_URL": f"smtp://127.0.0.1:{sink.port}", "GATEWAY_NOTICE_POLL_SECONDS": "3600",
         "GATEWAY_WORKER_THREADS": str(threads), "GATEWAY_LOG_LEVEL": "WARNING",
     })
