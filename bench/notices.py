@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import os
 import signal
 import subprocess
@@ -313,6 +314,7 @@ def bare_worker_main(sink_port: int, broker_url: str, namespace: str, threads: i
     broker, _actor, loop = bare_actor(sink_port, broker_url, namespace)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=250)
     worker.start()
+    gc.freeze()  # as `gateway worker` does
     stopping.wait()
     worker.stop(timeout=30_000)
     loop.close()
