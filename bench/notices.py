@@ -199,7 +199,8 @@ def gateway_settings(data_dir: Path, sink: Sink, broker_url: str, namespace: str
     return dict(
         data_dir=data_dir, database_url=database_url, broker_url=broker_url, broker_namespace=namespace,
         master_key=MASTER_KEY, mail_domain=DOMAIN, public_url=PUBLIC_URL,
-        outbound_smtp_url=f"smtp://127.0.0.1:{sink.port}", notice_poll_seconds=0.25, worker_threads=threads, log_level="WARNING",
+        outbound_smtp_url=f"smtp://127.0.0.1:{sink.port}", notice_poll_seconds=0.25, worker_threads=threads,
+        log_level="WARNING",
     )
 
 
@@ -208,7 +209,8 @@ def practice_slug(gw: Gateway) -> str:
 
 
 def make_gateway(data_dir: Path, sink: Sink, broker_url: str, namespace: str, threads: int, database_url: str) -> Gateway:
-    settings = Settings(**gateway_settings(data_dir, sink, broker_url, namespace, threads, database_url))  # type: ignore[arg-type]
+    values = gateway_settings(data_dir, sink, broker_url, namespace, threads, database_url)
+    settings = Settings(**values)  # type: ignore[arg-type]
     gw = Gateway(settings)
     gw.init()
     keys = gw.keys
@@ -229,7 +231,8 @@ def make_threads(gw: Gateway, n: int, prefix: str) -> list[tuple[str, str]]:
     with gw.transaction() as s:
         for i in range(n):
             address = f"{prefix}{i}@patient.example"
-            patient = add_patient(s, keys, practice_slug=practice_slug(gw), name=f"Patient {i}", email=address, verified=True)
+            patient = add_patient(s, keys, practice_slug=practice_slug(gw), name=f"Patient {i}", email=address,
+                                  verified=True)
             s.flush()
             add_care(s, patient_id=patient.id, practitioner_slug="dr-" + practice_slug(gw))
             s.flush()
@@ -245,7 +248,8 @@ def post(gw: Gateway, thread_id: str) -> None:
         post_message(s, keys, get_thread(s, thread_id), author="practitioner", channel="portal", body=BODY)
 
 
-def start_process(argv: list[str], env: dict[str, str], cwd: Path, stdout: int | None = None) -> subprocess.Popen[bytes]:
+def start_process(argv: list[str], env: dict[str, str], cwd: Path,
+                  stdout: int | None = None) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout)
     CPU.children.append(process.pid)
     return process
