@@ -87,6 +87,10 @@ class Combined:
                         results = [item.work(db) for item in batch]
                 except Exception:  # noqa: BLE001 - whichever failed, each runs again alone below
                     pass
+                except BaseException as exc:  # interrupted, nothing committed: every caller hears of it
+                    for item in batch:
+                        item.error = exc
+                    raise
                 else:
                     for item, result in zip(batch, results):
                         item.result = result
