@@ -15,7 +15,8 @@ Two layouts, as deployed:
 The sink (aiosmtpd, about 1.5 ms CPU a message here) is counted on both sides and by default runs in this
 process, sharing its GIL with both sides; `--sink-process` runs it in a process of its own, as a relay would
 be: both rates are then higher and their ratio lower (one run: in-process 0.35 drain, 0.23 end to end;
-redis 0.42 and 0.31, against 0.49-0.54 and 0.38-0.42, 0.45-0.50 and 0.31-0.37 with the sink in process).
+redis 0.42 and 0.31, against 0.48-0.54 and 0.37-0.42, 0.45-0.57 and 0.31-0.42 over runs with the sink in
+this process).
 
 Runs: "outbox drain" posts n messages first, then starts the dispatcher (and, in-process, the worker):
 the notice path alone, what the bare actor is compared with; "end to end" posts and sends at once;
