@@ -2,12 +2,25 @@
 dispatcher. They hold ids only; the notice is rendered when it is sent."""
 from __future__ import annotations
 
+from typing import Protocol
+
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from gateway.db.tables import Message, OutboxRow, Thread, new_id, utcnow
+from gateway.db.tables import Message, OutboxRow, new_id, utcnow
 
 _INSERT = insert(OutboxRow.__table__)
+
+
+class ThreadParties(Protocol):
+    """A thread as a notice needs it: a `Thread` row, or the `ThreadRef` that posting reads."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def practitioner_id(self) -> str: ...
 
 
 def add_notice(
@@ -49,7 +62,7 @@ def add_notice(
     return OutboxRow(**values)
 
 
-def notify_other_party(session: Session, thread: Thread, message: Message) -> OutboxRow | None:
+def notify_other_party(session: Session, thread: ThreadParties, message: Message) -> OutboxRow | None:
     """A practitioner's message notifies the patient and the other way round; system notes notify nobody."""
     if message.author == "practitioner":
         return add_notice(session, "new_message", patient_id=thread.patient_id, thread_id=thread.id, message_id=message.id)
