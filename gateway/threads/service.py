@@ -132,9 +132,19 @@ def get_thread(session: Session, thread_id: str) -> Thread:
 def thread_key(session: Session, keys: Keystore, thread: Thread | ThreadRef) -> DataKey:
     if isinstance(thread, ThreadRef):
         return keys.unwrap_patient_key(thread.patient_id, thread.kek_id, thread.dek_wrapped)
-    patient = session.get(Patient, thread.patient_id)
-    assert patient is not None
-    return keys.patient_key(patient)
+    loaded = session.identity_map.get(session.identity_key(Patient, thread.patient_id))
+    if loaded is not None:
+        return keys.patient_key(loaded)  # type: ignore[arg-type]
+    # Not in the session: the key columns only, not the whole row as an object (what every post would
+    # otherwise load). Pending rows are flushed first, so a patient added in this transaction is found.
+    session.flush()
+    row = session.connection().execute(_PATIENT_KEY, {"patient_id": thread.patient_id}).first()
+    if row is None:
+        raise NotFound("unknown patient")
+    return keys.unwrap_patient_key(thread.patient_id, row.kek_id, row.dek_wrapped)
+
+
+_PATIENT_KEY = select(_P.c.kek_id, _P.c.dek_wrapped).where(_P.c.id == bindparam("patient_id"))
 
 
 def thread_reply_address(keys: Keystore, thread: Thread, party: str, domain: str) -> str:
