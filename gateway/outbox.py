@@ -33,14 +33,14 @@ def add_notice(
     message_id: str | None = None,
     contact_id: str | None = None,
     channel: str | None = None,
-) -> OutboxRow:
+) -> str:
     """Write a pending notice now (a Core statement, after the session has flushed the rows it refers to);
-    the returned row is not attached to the session."""
+    returns the new row's id."""
     if (patient_id is None) == (practitioner_id is None):
         raise ValueError("a notice has exactly one recipient")
-    now = utcnow()
+    now, row_id = utcnow(), new_id()
     values = dict(
-        id=new_id(),
+        id=row_id,
         kind=kind,
         patient_id=patient_id,
         practitioner_id=practitioner_id,
@@ -59,10 +59,10 @@ def add_notice(
     session.connection().execute(_INSERT, values)
     # Read by the in-process dispatcher after the commit, to send at once instead of at its next poll.
     session.info["outbox_written"] = True
-    return OutboxRow(**values)
+    return row_id
 
 
-def notify_other_party(session: Session, thread: ThreadParties, message: Message) -> OutboxRow | None:
+def notify_other_party(session: Session, thread: ThreadParties, message: Message) -> str | None:
     """A practitioner's message notifies the patient and the other way round; system notes notify nobody."""
     if message.author == "practitioner":
         return add_notice(session, "new_message", patient_id=thread.patient_id, thread_id=thread.id, message_id=message.id)
