@@ -24,6 +24,17 @@ def _event(name: str) -> Any:
     return work
 
 
+def _queued_together(combined: Combined, threads: list[threading.Thread]) -> None:
+    """Start the threads while holding the turn, so that their works all wait for the next one; join them."""
+    with combined._turn:
+        for t in threads:
+            t.start()
+        while len(combined._waiting) < len(threads):
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join(10)
+
+
 def _actions(gw: Gateway) -> list[str]:
     with gw.readers() as s:
         return sorted(s.scalars(select(AuditEvent.action).where(AuditEvent.actor == "test")))
@@ -44,15 +55,9 @@ def test_works_waiting_together_share_a_transaction_and_each_gets_its_result(
     monkeypatch.setattr(writes, "writing_rows", counting)
     # Hold the turn while six threads queue their work: the next turn runs all six in one transaction.
     results: dict[int, str] = {}
-    with combined._turn:
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, combined.run(_event(f"a{i}"))))
-                   for i in range(6)]
-        for t in threads:
-            t.start()
-        while len(combined._waiting) < 6:
-            threading.Event().wait(0.01)
-    for t in threads:
-        t.join(10)
+    _queued_together(combined, [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, combined.run(_event(f"a{i}")))) for i in range(6)
+    ])
     assert results == {i: f"a{i}" for i in range(6)}
     assert transactions == 1
     assert _actions(gateway) == [f"a{i}" for i in range(6)]
@@ -73,18 +78,11 @@ def test_a_failing_work_fails_alone_and_the_others_are_committed(gateway: Gatewa
         except ValueError as exc:
             outcomes[name] = exc
 
-    with combined._turn:
-        threads = [
-            threading.Thread(target=call, args=("b1", _event("b1"))),
-            threading.Thread(target=call, args=("bad", failing)),
-            threading.Thread(target=call, args=("b2", _event("b2"))),
-        ]
-        for t in threads:
-            t.start()
-        while len(combined._waiting) < 3:
-            threading.Event().wait(0.01)
-    for t in threads:
-        t.join(10)
+    _queued_together(combined, [
+        threading.Thread(target=call, args=("b1", _event("b1"))),
+        threading.Thread(target=call, args=("bad", failing)),
+        threading.Thread(target=call, args=("b2", _event("b2"))),
+    ])
     assert outcomes["b1"] == "b1" and outcomes["b2"] == "b2"
     assert isinstance(outcomes["bad"], ValueError)
     assert _actions(gateway) == ["b1", "b2"]

@@ -2,7 +2,10 @@
 every notice waits, retries with backoff, and goes out once the relay is back, exactly once."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from sqlalchemy import select
 
@@ -48,8 +51,10 @@ def test_in_process_worker_rides_out_a_relay_outage(settings_factory: Any, canar
         gw.close()
 
 
-def test_a_committed_message_wakes_the_dispatcher_at_once(settings_factory: Any, canaries: dict[str, str]) -> None:
-    # The poll is an hour: only the commit's own wake-up can send the notice within the test's wait.
+@pytest.fixture
+def hourly_poll(settings_factory: Any) -> Iterator[tuple[SmtpSink, Gateway]]:
+    """A running relay and a gateway sending to it whose dispatcher polls only hourly: within a test, only
+    the wake-up of a commit sends anything."""
     relay = SmtpSink()
     relay.start()
     gw = Gateway(
@@ -59,6 +64,18 @@ def test_a_committed_message_wakes_the_dispatcher_at_once(settings_factory: Any,
         )
     )
     gw.init()
+    try:
+        yield relay, gw
+    finally:
+        relay.stop()
+        gw.close()
+
+
+def test_a_committed_message_wakes_the_dispatcher_at_once(
+    hourly_poll: tuple[SmtpSink, Gateway], canaries: dict[str, str]
+) -> None:
+    # The poll is an hour: only the commit's own wake-up can send the notice within the test's wait.
+    relay, gw = hourly_poll
     world = make_world(gw, canaries, phone=False, suffix="7", patient_email="wake@example.net")
     service = NoticeService(gw, worker=True, threads=1).start()
     try:
@@ -67,12 +84,10 @@ def test_a_committed_message_wakes_the_dispatcher_at_once(settings_factory: Any,
         assert [r for m in relay.messages for r in m.rcpt_tos] == ["wake@example.net"]
     finally:
         service.stop()
-        relay.stop()
-        gw.close()
 
 
 def test_commits_in_quick_succession_are_claimed_together(
-    settings_factory: Any, canaries: dict[str, str], monkeypatch: Any
+    hourly_poll: tuple[SmtpSink, Gateway], canaries: dict[str, str], monkeypatch: Any
 ) -> None:
     # Each commit wakes the dispatcher; those within GATHER_SECONDS of a claim join the next one rather
     # than costing a claim transaction each. Rows past their lease are looked for once per poll, not at
@@ -88,15 +103,7 @@ def test_commits_in_quick_succession_are_claimed_together(
 
     monkeypatch.setattr(dispatcher, "claim_due", counting)
     monkeypatch.setattr(dispatcher, "GATHER_SECONDS", 0.5)
-    relay = SmtpSink()
-    relay.start()
-    gw = Gateway(
-        settings_factory(
-            outbound_smtp_url=f"smtp://{relay.host}:{relay.port}", public_url="https://portal.example.test",
-            notice_poll_seconds=3600,
-        )
-    )
-    gw.init()
+    relay, gw = hourly_poll
     addresses = [f"burst{i}@example.net" for i in range(6)]
     worlds = [make_world(gw, canaries, phone=False, suffix=str(i + 20), patient_email=a) for i, a in enumerate(addresses)]
     service = NoticeService(gw, worker=True, threads=2).start()
@@ -109,5 +116,3 @@ def test_commits_in_quick_succession_are_claimed_together(
         assert len(calls) <= 4  # the first claim at start, then at most one per 0.5 s while posting
     finally:
         service.stop()
-        relay.stop()
-        gw.close()
