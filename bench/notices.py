@@ -57,7 +57,7 @@ from gateway.directory.patients import add_care, add_patient  # noqa: E402
 from gateway.logs import configure  # noqa: E402
 from gateway.directory.practices import add_practice, add_practitioner  # noqa: E402
 from gateway.notices import NoticeContext, render  # noqa: E402
-from gateway.threads.service import get_thread, open_thread, post_message  # noqa: E402
+from gateway.threads.service import open_thread, post_message, thread_ref  # noqa: E402
 from gateway.workers.broker import make_broker  # noqa: E402
 from gateway.workers.senders import LoopThread  # noqa: E402
 from gateway.workers.service import NoticeService  # noqa: E402
@@ -244,9 +244,10 @@ def make_threads(gw: Gateway, n: int, prefix: str) -> list[tuple[str, str]]:
 
 
 def post(gw: Gateway, thread_id: str) -> None:
+    """A practitioner's message posted to the thread: read as inbound email and SMS read it (`thread_ref`)."""
     keys = gw.keys
     with gw.transaction() as s:
-        post_message(s, keys, get_thread(s, thread_id), author="practitioner", channel="portal", body=BODY)
+        post_message(s, keys, thread_ref(s, thread_id), author="practitioner", channel="portal", body=BODY)
 
 
 def start_process(argv: list[str], env: dict[str, str], cwd: Path,

@@ -26,8 +26,11 @@ BATCH = 200
 # A wake-up comes at least this long after the previous claim began: the rows committed meanwhile are
 # claimed together. Woken by every commit while messages are posted, the dispatcher otherwise ran one claim
 # transaction per row (1.3 ms CPU per notice end to end, against 0.1 ms in a drain). At a calm rate (a post
-# every 25 ms or more) nothing waits; under load a notice waits at most this long more.
+# every 25 ms or more) nothing waits. Once a claim finds several rows (posts come faster than one per
+# 6 ms), the next waits up to GATHER_BUSY_SECONDS: claims of a few dozen rows, a notice at most 0.1 s later.
 GATHER_SECONDS = 0.025
+GATHER_BUSY_SECONDS = 0.1
+GATHER_BUSY_ROWS = 4
 
 
 def claim_due(
@@ -170,7 +173,8 @@ class Dispatcher:
                 continue  # a backlog, and room for it: take the next batch at once
             if self._wake.wait(self._poll):
                 # Woken (a commit, room in memory): the commits of the next few ms join this claim.
-                self._stopping.wait(max(0.0, started + GATHER_SECONDS - time.monotonic()))
+                gather = GATHER_BUSY_SECONDS if handed >= GATHER_BUSY_ROWS else GATHER_SECONDS
+                self._stopping.wait(max(0.0, started + gather - time.monotonic()))
             self._wake.clear()
 
     # A commit in this process that wrote an outbox row wakes the dispatcher: notices leave at once

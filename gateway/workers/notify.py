@@ -198,6 +198,7 @@ class Plan:
     reply_to: str | None = field(repr=False)
     in_reply_to: str | None = field(repr=False)
     sms_from: str = field(repr=False)
+    settle_later: bool = False  # a sent email's outcome is written behind (`Notifier.deliver`)
 
 
 class Notifier:
@@ -213,16 +214,21 @@ class Notifier:
         self._writes = Combined(gw)
 
     def close(self) -> None:
+        """Commit the outcomes still written behind, then stop the send loop."""
+        self._writes.close()
         self._loop.close()
 
     def __call__(self, row_id: str) -> None:
         try:
-            self.deliver(row_id)
+            self.deliver(row_id, settle_later=True)
         except Exception as exc:  # noqa: BLE001 - the actor's edge: the row keeps its lease and is handed out again
             log.error("notice.error", row=row_id, error=type(exc).__name__)
 
-    def deliver(self, row_id: str) -> str | None:
+    def deliver(self, row_id: str, *, settle_later: bool = False) -> str | None:
         """Send the notice of a claimed (`queued`) row; returns the row's new state, None if it was not ours.
+
+        `settle_later` (the actor): an email the relay accepted is recorded `sent` behind the run
+        (`Combined.later`), not before it returns; every other outcome is committed before it returns.
 
         One short transaction reads what the claim needs (coalescing, routes, addresses: two queries) and
         claims the row and issues its link; rendering and sending wait for its commit. A separate read
@@ -246,7 +252,7 @@ class Notifier:
             else:
                 log.warning("notice.failed", row=row_id, kind=look.kind, code=look.fail)
             return claimed
-        plan = self._plan(row_id, look, claimed)
+        plan = self._plan(row_id, look, claimed, settle_later)
         return self._send(plan) if isinstance(plan, Plan) else plan
 
     # -- in the claim's transaction, first: whether to send, where, and with which addresses --
@@ -317,7 +323,7 @@ class Notifier:
         login_url, code = self._issue_token(db, look)
         return Claimed(claimed.attempts, claimed.created_at, login_url, code)
 
-    def _plan(self, row_id: str, look: Look, claimed: Claimed) -> Plan | str:
+    def _plan(self, row_id: str, look: Look, claimed: Claimed, settle_later: bool = False) -> Plan | str:
         """Render the notice (outside any transaction); a notice that cannot be written fails here."""
         try:
             rendered = render(
@@ -345,6 +351,7 @@ class Notifier:
             reply_to=look.reply_to,
             in_reply_to=look.in_reply_to,
             sms_from=look.sms_from,
+            settle_later=settle_later,
         )
 
     def _issue_token(self, db: Connection, look: Look) -> tuple[str | None, str | None]:
@@ -444,7 +451,7 @@ class Notifier:
     def _sent(self, plan: Plan, channel: str, provider_id: str) -> str:
         now = datetime.now(timezone.utc)
         state = self._finish(plan, "sent", channel=channel, provider_id=provider_id[:64], sent_at=now, error_code=None,
-                             metric_channel=channel)
+                             metric_channel=channel, later=plan.settle_later and channel == "email")
         NOTICE_SECONDS.labels(channel).observe(max((now - plan.created_at).total_seconds(), 0.0))
         if channel == "sms":
             # Twilio may call the status webhook before this commit: those callbacks were kept, apply them now.
@@ -480,11 +487,15 @@ class Notifier:
         log.warning("notice.refused", row=plan.row_id, channel=attempt.route.channel, code=code, marked=marked)
 
     def _finish(self, plan: Plan, state: str, *, metric_channel: str, metric_state: str | None = None,
-                **values: object) -> str:
-        """Write the outcome unless the row already reached a final state (a duplicate run finished first)."""
+                later: bool = False, **values: object) -> str:
+        """Write the outcome unless the row already reached a final state (a duplicate run finished first);
+        `later`: written behind, with the next transaction of the actor threads (`Combined.later`)."""
         names = tuple(sorted(values))
         params = {"row_id": plan.row_id, "new_state": state, **{f"new_{name}": values[name] for name in names}}
-        self._writes.run(lambda db: db.execute(_outcome(names), params), one_statement=True)
+        if later:
+            self._writes.later(lambda db: db.execute(_outcome(names), params), one_statement=True)
+        else:
+            self._writes.run(lambda db: db.execute(_outcome(names), params), one_statement=True)
         NOTICES.labels(metric_channel, metric_state or state).inc()
         if state == "sent":
             log.info("notice.sent", row=plan.row_id, kind=plan.kind, channel=metric_channel, attempt=plan.attempts)

@@ -6,7 +6,7 @@ On SQLite the writers of this process already queue on one lock per database fil
 statements are Core only: `writing_rows` gives it a bare connection in a transaction, without a Session
 (the same writer queue), which costs a third less per transaction; an outcome, one UPDATE, is written
 as a transaction of its own (`one_statement`). The notice actor's transactions go through `Combined`, which
-runs those that queue up at the same time as one.
+runs those that queue up at the same time as one, and writes a sent notice's outcome behind (`later`).
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from sqlalchemy.orm import Session
 
 from gateway.app import Gateway
 from gateway.db.engine import connection_transaction
+from gateway.logs import get_logger
+
+log = get_logger("gateway.workers.writes")
 
 
 @contextmanager
@@ -38,11 +41,12 @@ T = TypeVar("T")
 
 
 class _Work(Generic[T]):
-    __slots__ = ("work", "one_statement", "done", "result", "error")
+    __slots__ = ("work", "one_statement", "deferred", "done", "result", "error")
 
-    def __init__(self, work: Callable[[Connection], T], one_statement: bool) -> None:
+    def __init__(self, work: Callable[[Connection], T], one_statement: bool, deferred: bool = False) -> None:
         self.work = work
         self.one_statement = one_statement
+        self.deferred = deferred  # nobody waits for it (`Combined.later`)
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -57,13 +61,68 @@ class Combined:
     work in a shared transaction fail, the whole is rolled back and each is run again in a transaction of
     its own, so a failure reaches only its own caller. A work must therefore have no effect outside the
     database (metrics and log lines come after the call), and may run twice.
+
+    `later(work)` hands a work in without waiting for it: it rides along with the next thread's turn, or is
+    committed by a thread of this object's own at most `delay` seconds later (and at `close`). The notice
+    actor writes a sent notice's outcome this way: the run ends when the relay has accepted the notice,
+    without one more transaction and commit of its own. Until that commit the row stays `sending`; should
+    the process die in between, the row is handed out again when its lease ends (at-least-once, as for a
+    worker killed while sending).
     """
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, *, delay: float = 0.02) -> None:
         self.gw = gw
+        self.delay = delay
         self._waiting: list[_Work[Any]] = []
         self._guard = threading.Lock()  # the list of waiting works
         self._turn = threading.Lock()  # one thread runs transactions at a time; the others' work rides along
+        self._kick = threading.Event()  # a deferred work waits (set once until the flusher takes it)
+        self._closing = False
+        self._closed = threading.Event()  # cuts the flusher's delay short
+        self._flusher: threading.Thread | None = None
+
+    def later(self, work: Callable[[Connection], object], *, one_statement: bool = False) -> None:
+        """`work(connection)`, committed soon; the caller does not wait (a failure is logged, not raised)."""
+        with self._guard:
+            if self._closing:
+                deferred = False
+            else:
+                deferred = True
+                self._waiting.append(_Work(work, one_statement, deferred=True))
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_loop, name="gateway-writes", daemon=True)
+                    self._flusher.start()
+        if not deferred:  # closing: nobody would commit it later
+            self.run(work, one_statement=one_statement)
+            return
+        self._kick.set()
+
+    def close(self) -> None:
+        """Commit every deferred work now; later calls to `later` wait for their own commit."""
+        with self._guard:
+            self._closing = True
+            flusher = self._flusher
+        self._closed.set()
+        self._kick.set()
+        if flusher is not None:
+            flusher.join()
+        self._take_turn()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._kick.wait()
+            self._closed.wait(self.delay)  # meanwhile the actor threads' own turns most often carry them
+            self._kick.clear()
+            self._take_turn()
+            if self._closing:
+                return
+
+    def _take_turn(self) -> None:
+        with self._turn:
+            with self._guard:
+                batch, self._waiting = self._waiting, []
+            if batch:
+                self._run(batch)
 
     def run(self, work: Callable[[Connection], T], *, one_statement: bool = False) -> T:
         """`work(connection)` committed; `one_statement`: it runs a single statement (see `writing_rows`)."""
@@ -104,3 +163,5 @@ class Combined:
         finally:
             for item in batch:
                 item.done = True
+                if item.deferred and item.error is not None:
+                    log.error("writes.deferred_failed", error=type(item.error).__name__)

@@ -3,6 +3,7 @@ failing work fails only its own caller."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -88,3 +89,56 @@ def test_a_failing_work_fails_alone_and_the_others_are_committed(gateway: Gatewa
     assert _actions(gateway) == ["b1", "b2"]
     with gateway.readers() as s:
         assert s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "rolled-back")) == 0
+
+
+def test_a_deferred_work_is_committed_without_another_caller_and_rides_along_with_one(gateway: Gateway) -> None:
+    combined = Combined(gateway, delay=0.05)
+    try:
+        # Alone: the flusher commits it, after its delay.
+        combined.later(_event("alone"))
+        assert _actions(gateway) == []
+        deadline = threading.Event()
+        for _ in range(200):
+            if _actions(gateway) == ["alone"]:
+                break
+            deadline.wait(0.01)
+        assert _actions(gateway) == ["alone"]
+        # Beside a caller that waits: committed with that caller's work, in its turn.
+        with combined._turn:
+            combined.later(_event("deferred"))
+            waiter = threading.Thread(target=combined.run, args=(_event("waited"),))
+            waiter.start()
+            while len(combined._waiting) < 2:
+                threading.Event().wait(0.01)
+        waiter.join(10)
+        assert _actions(gateway) == ["alone", "deferred", "waited"]
+    finally:
+        combined.close()
+
+
+def test_close_commits_what_is_deferred_and_later_after_close_waits(gateway: Gateway) -> None:
+    combined = Combined(gateway, delay=60)  # the flusher would wait a minute: close does not
+    combined.later(_event("c1"))
+    combined.later(_event("c2"))
+    threading.Event().wait(0.1)  # the flusher has started its minute's wait
+    started = time.monotonic()
+    combined.close()
+    assert time.monotonic() - started < 5
+    assert _actions(gateway) == ["c1", "c2"]
+    combined.later(_event("c3"))  # closed: committed before it returns
+    assert _actions(gateway) == ["c1", "c2", "c3"]
+
+
+def test_a_failing_deferred_work_is_logged_and_the_others_committed(gateway: Gateway, capsys: Any) -> None:
+    combined = Combined(gateway, delay=60)
+
+    def failing(db: Connection) -> None:
+        raise ValueError("boom")
+
+    combined.later(_event("d1"))
+    combined.later(failing)
+    combined.later(_event("d2"))
+    combined.close()
+    assert _actions(gateway) == ["d1", "d2"]
+    out = capsys.readouterr()
+    assert "writes.deferred_failed" in out.out + out.err and "ValueError" in out.out + out.err

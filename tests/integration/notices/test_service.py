@@ -103,6 +103,7 @@ def test_commits_in_quick_succession_are_claimed_together(
 
     monkeypatch.setattr(dispatcher, "claim_due", counting)
     monkeypatch.setattr(dispatcher, "GATHER_SECONDS", 0.5)
+    monkeypatch.setattr(dispatcher, "GATHER_BUSY_SECONDS", 0.5)
     relay, gw = hourly_poll
     addresses = [f"burst{i}@example.net" for i in range(6)]
     worlds = [make_world(gw, canaries, phone=False, suffix=str(i + 20), patient_email=a) for i, a in enumerate(addresses)]
