@@ -4,7 +4,10 @@ Sessions are created here and passed in: domain functions never open their own.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,23 +52,73 @@ def make_sessionmaker(engine: Engine, *, readonly: bool = False) -> sessionmaker
     return sessionmaker(bind, expire_on_commit=False)
 
 
-# SQLite has one writer at a time. Writers of this process queue on a lock per database file, handed over
-# at once, rather than in SQLite's busy handler, which polls with sleeps of up to 100 ms: with 16 concurrent
-# webhook writers, most of the p99 latency was spent asleep while the database was free.
-_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+# SQLite has one writer at a time. Writers queue on a lock per database file, handed over at once, rather
+# than in SQLite's busy handler, which polls with sleeps of up to 100 ms: with 16 concurrent webhook writers,
+# most of the p99 latency was spent asleep while the database was free. In this process the lock is a
+# thread lock; between processes on the machine (`gateway run --no-worker` beside `gateway worker`) a
+# `flock` on a file beside the database, polled every 0.1-1 ms while another process holds it (a worker
+# process's writes had waited 1, 2, then 5 ms and more in SQLite's handler for a lock held under 1 ms).
 _SQLITE_WRITER_WAIT = 30.0  # as busy_timeout: past it, SQLite's own locking decides, as without this lock
 
 
-def _sqlite_writer(factory: sessionmaker[Session]) -> threading.RLock | None:
+class _SqliteWriter:
+    """The writer lock of one SQLite file: a thread lock (re-entrant), and over it, held by the outermost
+    holder, an exclusive `flock` shared with the other processes writing to the file."""
+
+    def __init__(self, database: str | None) -> None:
+        self._threads = threading.RLock()
+        self._depth = 0  # nesting of the thread holding `_threads`
+        self._fd: int | None = None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                self._fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:  # a read-only directory: this process's writers still queue on the thread lock
+                self._fd = None
+
+    def acquire(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if not self._threads.acquire(timeout=timeout):
+            return False
+        if self._depth == 0 and self._fd is not None:
+            pause = 0.0001
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        break  # SQLite's busy handler decides from here, as without this lock
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.001)
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)  # a no-op when it was never taken (deadline passed)
+        self._threads.release()
+
+
+_SQLITE_WRITERS: dict[str, _SqliteWriter] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _sqlite_writer(factory: sessionmaker[Session]) -> _SqliteWriter | None:
     bind = factory.kw.get("bind")
     if not isinstance(bind, Engine) or bind.dialect.name != "sqlite" or bind.get_execution_options().get("readonly"):
         return None
-    return _SQLITE_WRITERS.setdefault(str(bind.url), threading.RLock())
+    key = str(bind.url)
+    writer = _SQLITE_WRITERS.get(key)
+    if writer is None:
+        with _SQLITE_WRITERS_GUARD:
+            writer = _SQLITE_WRITERS.setdefault(key, _SqliteWriter(bind.url.database))
+    return writer
 
 
 @contextmanager
 def _writers_queue(factory: sessionmaker[Session]) -> Iterator[None]:
-    """Wait for this process's other writers to the same SQLite file (nothing to wait for elsewhere)."""
+    """Wait for the other writers to the same SQLite file, of this process and of others on this machine."""
     writer = _sqlite_writer(factory)
     queued = writer.acquire(timeout=_SQLITE_WRITER_WAIT) if writer is not None else False
     try:
