@@ -6,6 +6,7 @@ being verified, verified or not); a row's `channel` is tried first (an SMS is an
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
@@ -16,7 +17,7 @@ from gateway.db.tables import ContactPoint, OutboxRow
 from gateway.notices import KINDS
 
 Channel = Literal["email", "sms"]
-ContactRow = Row[Any]  # a contact's `_CONTACT_COLUMNS`
+ContactRow = Row[Any]  # a contact's `CONTACT_COLUMNS`
 NoticeRow = OutboxRow | Row[Any]  # an outbox row, or a row of its columns by the same names
 CONTACT_KIND: Final[dict[str, str]] = {"email": "email", "sms": "phone"}
 CHANNEL_OF: Final[dict[str, Channel]] = {"email": "email", "phone": "sms"}
@@ -31,7 +32,7 @@ _RELAY_AUTH_SMTP: Final = frozenset({"smtp-530", "smtp-534", "smtp-535", "smtp-5
 
 # Built once: building and keying a statement costs more than running it (one of these per notice). Only
 # the columns a route needs, as plain rows: loading ORM objects cost more than the query.
-_CONTACT_COLUMNS: Final = (
+CONTACT_COLUMNS: Final = (
     ContactPoint.id,
     ContactPoint.kind,
     ContactPoint.value_ct,
@@ -42,16 +43,16 @@ _CONTACT_COLUMNS: Final = (
     ContactPoint.opted_out_at,
     ContactPoint.unreachable_at,
 )
-_PINNED_CONTACT: Final = select(*_CONTACT_COLUMNS).where(ContactPoint.id == bindparam("contact_id"))
+# The order in which an owner's contacts are considered: the most recently verified first.
+OWNER_CONTACTS_ORDER: Final = (ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
+_PINNED_CONTACT: Final = select(*CONTACT_COLUMNS).where(ContactPoint.id == bindparam("contact_id"))
 _PATIENT_CONTACTS: Final = (
-    select(*_CONTACT_COLUMNS)
-    .where(ContactPoint.patient_id == bindparam("owner_id"))
-    .order_by(ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
+    select(*CONTACT_COLUMNS).where(ContactPoint.patient_id == bindparam("owner_id")).order_by(*OWNER_CONTACTS_ORDER)
 )
 _PRACTITIONER_CONTACTS: Final = (
-    select(*_CONTACT_COLUMNS)
+    select(*CONTACT_COLUMNS)
     .where(ContactPoint.practitioner_id == bindparam("owner_id"))
-    .order_by(ContactPoint.verified_at.desc(), ContactPoint.created_at.desc())
+    .order_by(*OWNER_CONTACTS_ORDER)
 )
 
 
@@ -75,23 +76,30 @@ def choose_routes(db: Connection, row: NoticeRow, *, sms_possible: bool = True) 
     return [route for route, _ in route_contacts(db, row, sms_possible=sms_possible)]
 
 
-def route_contacts(db: Connection, row: NoticeRow, *, sms_possible: bool = True) -> list[tuple[Route, ContactRow]]:
-    """`choose_routes` with each route's contact (the columns of `_CONTACT_COLUMNS`), for the caller that
-    reveals the address next."""
+def route_contacts(
+    db: Connection, row: NoticeRow, *, sms_possible: bool = True, contacts: Sequence[ContactRow] | None = None
+) -> list[tuple[Route, ContactRow]]:
+    """`choose_routes` with each route's contact (the columns of `CONTACT_COLUMNS`), for the caller that
+    reveals the address next. `contacts`: the recipient's contacts, already read in `owner_contacts_order`
+    (the notice actor reads them with the row, in one query); else they are read here."""
     spec = KINDS.get(row.kind)
     if spec is None:
         return []
     allowed = {c for c in spec.channels if c != "sms" or sms_possible}
     if row.contact_id is not None:
-        contact = db.execute(_PINNED_CONTACT, {"contact_id": row.contact_id}).one_or_none()
+        if contacts is not None:
+            contact = next((c for c in contacts if c.id == row.contact_id), None)
+        else:
+            contact = db.execute(_PINNED_CONTACT, {"contact_id": row.contact_id}).one_or_none()
         if contact is None or not _belongs(contact, row) or not deliverable(contact, pinned=True):
             return []
         channel = CHANNEL_OF[contact.kind]
         return [(Route(channel, contact.id), contact)] if channel in allowed else []
-    if row.patient_id is not None:
-        contacts = db.execute(_PATIENT_CONTACTS, {"owner_id": row.patient_id})
-    else:
-        contacts = db.execute(_PRACTITIONER_CONTACTS, {"owner_id": row.practitioner_id})
+    if contacts is None:
+        if row.patient_id is not None:
+            contacts = db.execute(_PATIENT_CONTACTS, {"owner_id": row.patient_id}).all()
+        else:
+            contacts = db.execute(_PRACTITIONER_CONTACTS, {"owner_id": row.practitioner_id}).all()
     best: dict[Channel, tuple[Route, ContactRow]] = {}
     for contact in contacts:
         channel = CHANNEL_OF.get(contact.kind)

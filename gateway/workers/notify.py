@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections import namedtuple
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from email.parser import BytesHeaderParser
@@ -38,7 +39,7 @@ from gateway.metrics import NOTICE_SECONDS, NOTICES
 from gateway.notices import LOCALES, NoticeContext, RenderedNotice, render
 from gateway.threads.addresses import reply_address
 from gateway.threads.service import original_aad
-from gateway.workers.channels import Route, mark_contact, route_contacts
+from gateway.workers.channels import CONTACT_COLUMNS, OWNER_CONTACTS_ORDER, Route, mark_contact, route_contacts
 from gateway.workers.coalesce import any_candidate, covering_notice
 from gateway.workers.senders import LoopThread, Senders
 from gateway.workers.writes import Combined, writing
@@ -92,13 +93,23 @@ _LOOK: Final = (
         Thread.code.label("thread_code"),
         Thread.token_version.label("thread_token_version"),
         any_candidate().label("may_be_covered"),
+        *(column.label(f"cp_{column.key}") for column in CONTACT_COLUMNS),
     )
     .outerjoin(Patient, Patient.id == OutboxRow.patient_id)
     .outerjoin(Practitioner, Practitioner.id == OutboxRow.practitioner_id)
     .outerjoin(Practice, Practice.id == func.coalesce(Patient.practice_id, Practitioner.practice_id))
     .outerjoin(Thread, Thread.id == OutboxRow.thread_id)
+    # The recipient's contacts, one result row each (none: one row, its contact columns NULL). Exactly one
+    # of the row's two owner columns is set, and NULL matches nothing: each side of the OR uses its index.
+    .outerjoin(
+        ContactPoint,
+        or_(ContactPoint.patient_id == OutboxRow.patient_id, ContactPoint.practitioner_id == OutboxRow.practitioner_id),
+    )
     .where(OutboxRow.id == bindparam("row_id"))
+    .order_by(*OWNER_CONTACTS_ORDER)
 )
+_Contact = namedtuple("_Contact", [column.key for column in CONTACT_COLUMNS])  # type: ignore[misc]
+_CONTACT_LABELS: Final = tuple(f"cp_{column.key}" for column in CONTACT_COLUMNS)
 _ANSWERED: Final = select(Message.id, Message.original_ct).where(Message.id == bindparam("message_id"))
 _PATIENT_KEY: Final = (
     select(Patient.id, Patient.kek_id, Patient.dek_wrapped).where(Patient.id == bindparam("patient_id"))
@@ -259,9 +270,10 @@ class Notifier:
 
     def _look(self, db: Connection, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
         window = timedelta(minutes=self.settings.notice_coalesce_minutes)
-        row = db.execute(_LOOK, {"row_id": row_id, "coalesce_since": now - window}).one_or_none()
-        if row is None or not self._claimable(row.state, row.claimed_at, now):
+        rows = db.execute(_LOOK, {"row_id": row_id, "coalesce_since": now - window}).all()
+        if not rows or not self._claimable(rows[0].state, rows[0].claimed_at, now):
             return None
+        row = rows[0]
         base = Look(row.kind, row.patient_id, row.practitioner_id, row.thread_id, row.contact_id)
         covered_by = covering_notice(db, row, now=now, window=window) if row.may_be_covered else None
         if covered_by is not None:
@@ -277,7 +289,9 @@ class Notifier:
             party, locale = "practitioner", self.settings.default_locale
         assert row.practice_name is not None
         sms_possible = not self.senders.twilio or row.practice_sms_number is not None
-        routes = route_contacts(db, row, sms_possible=sms_possible)
+        contacts = [_Contact(*(found[label] for label in _CONTACT_LABELS)) for found in (r._mapping for r in rows)
+                    if found["cp_id"] is not None]
+        routes = route_contacts(db, row, sms_possible=sms_possible, contacts=contacts)
         if not routes:
             return replace(base, fail="no-contact")
         # Every route's contact belongs to the recipient (route_contacts checks): one key opens them all.

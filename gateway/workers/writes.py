@@ -3,10 +3,10 @@
 On SQLite the writers of this process already queue on one lock per database file in
 `gateway.db.engine.transaction` (handed over at once, instead of SQLite's sleeping busy handler), so
 `writing` is `gw.transaction()` under the name the worker code reads best with. The notice actor's own
-statements are Core only: `writing_rows` gives it a bare connection in a transaction, without a Session
-(the same writer queue), which costs a third less per transaction; an outcome, one UPDATE, is written
-as a transaction of its own (`one_statement`). The notice actor's transactions go through `Combined`, which
-runs those that queue up at the same time as one, and writes a sent notice's outcome behind (`later`).
+statements are Core only and go through `Combined`: it runs those that queue up at the same time as one
+transaction, on a bare connection that it keeps (`HeldConnection`: the same writer queue, without a
+Session or a pool checkout per transaction), a lone outcome UPDATE as a transaction of its own
+(`one_statement`), and writes a sent notice's outcome behind the actor run (`later`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from gateway.app import Gateway
-from gateway.db.engine import connection_transaction
+from gateway.db.engine import HeldConnection
 from gateway.logs import get_logger
 
 log = get_logger("gateway.workers.writes")
@@ -29,12 +29,6 @@ log = get_logger("gateway.workers.writes")
 def writing(gw: Gateway) -> Iterator[Session]:
     with gw.transaction() as session:
         yield session
-
-
-@contextmanager
-def writing_rows(gw: Gateway, *, one_statement: bool = False) -> Iterator[Connection]:
-    with connection_transaction(gw.sessions, one_statement=one_statement) as connection:
-        yield connection
 
 
 T = TypeVar("T")
@@ -76,6 +70,7 @@ class Combined:
         self._waiting: list[_Work[Any]] = []
         self._guard = threading.Lock()  # the list of waiting works
         self._turn = threading.Lock()  # one thread runs transactions at a time; the others' work rides along
+        self._connection = HeldConnection(gw.sessions)  # used by the thread that has the turn
         self._kick = threading.Event()  # a deferred work waits (set once until the flusher takes it)
         self._closing = False
         self._closed = threading.Event()  # cuts the flusher's delay short
@@ -107,6 +102,8 @@ class Combined:
         if flusher is not None:
             flusher.join()
         self._take_turn()
+        with self._turn:
+            self._connection.close()
 
     def _flush_loop(self) -> None:
         while True:
@@ -125,7 +122,7 @@ class Combined:
                 self._run(batch)
 
     def run(self, work: Callable[[Connection], T], *, one_statement: bool = False) -> T:
-        """`work(connection)` committed; `one_statement`: it runs a single statement (see `writing_rows`)."""
+        """`work(connection)` committed; `one_statement`: it runs a single statement (see `HeldConnection`)."""
         mine = _Work(work, one_statement)
         with self._guard:
             self._waiting.append(mine)
@@ -142,7 +139,7 @@ class Combined:
         try:
             if len(batch) > 1:
                 try:
-                    with writing_rows(self.gw) as db:
+                    with self._connection.transaction() as db:
                         results = [item.work(db) for item in batch]
                 except Exception:  # noqa: BLE001 - whichever failed, each runs again alone below
                     pass
@@ -156,7 +153,7 @@ class Combined:
                     return
             for item in batch:
                 try:
-                    with writing_rows(self.gw, one_statement=item.one_statement) as db:
+                    with self._connection.transaction(one_statement=item.one_statement) as db:
                         item.result = item.work(db)
                 except BaseException as exc:  # noqa: BLE001 - handed to the thread whose work it is
                     item.error = exc

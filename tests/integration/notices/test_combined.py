@@ -7,11 +7,10 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, event, func, insert, select
 
 from gateway.app import Gateway
 from gateway.db.tables import AuditEvent, new_id, utcnow
-from gateway.workers import writes
 from gateway.workers.writes import Combined
 
 _INSERT = insert(AuditEvent.__table__)
@@ -42,18 +41,18 @@ def _actions(gw: Gateway) -> list[str]:
 
 
 def test_works_waiting_together_share_a_transaction_and_each_gets_its_result(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    gateway: Gateway, request: pytest.FixtureRequest
 ) -> None:
     combined = Combined(gateway)
     transactions = 0
-    real = writes.writing_rows
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
+    def counting(_connection: Any) -> None:
         nonlocal transactions
         transactions += 1
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(writes, "writing_rows", counting)
+    engine = gateway.sessions.kw["bind"]
+    event.listen(engine, "commit", counting)
+    request.addfinalizer(lambda: event.remove(engine, "commit", counting))
     # Hold the turn while six threads queue their work: the next turn runs all six in one transaction.
     results: dict[int, str] = {}
     _queued_together(combined, [
