@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dkim
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.delivery import DkimKey, build_notice_email, message_id_of
 from gateway.notices import NoticeContext, RenderedNotice, render
@@ -195,3 +197,23 @@ def test_message_id_of_reads_the_first_header_only(head: bytes, expected: str | 
             message_id_of(message)
     else:
         assert message_id_of(message) == expected
+
+
+
+def _lines(text: str) -> str:
+    # What a part holds once decoded: its lines (split at CR, LF or CRLF), each ended by a newline.
+    return "".join(line.decode("utf-8") + "\n" for line in text.encode("utf-8").splitlines()) or "\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=400))
+def test_any_part_text_goes_through_quoted_printable_and_back(body: str) -> None:
+    # Whatever a template renders: ASCII lines of 76 characters at most (RFC 2045), the same text decoded.
+    rendered = RenderedNotice(subject="Nouveau message", text=body, html="<p>" + body + "</p>", sms=None)
+    raw = build(rendered)
+    _head, _, parts = raw.partition(b"\r\n\r\n")
+    assert all(len(line) <= 76 for line in parts.split(b"\r\n"))
+    msg = email.message_from_bytes(raw, policy=default)
+    text, html = (part.get_content().replace("\r\n", "\n") for part in msg.iter_parts())
+    assert text == _lines(body)
+    assert html == _lines("<p>" + body + "</p>")
