@@ -214,6 +214,7 @@ def make_gateway(data_dir: Path, sink: Sink, broker_url: str, namespace: str, th
     settings = Settings(**values)  # type: ignore[arg-type]
     gw = Gateway(settings)
     gw.init()
+    gw.start_checkpoints()  # as `gateway run` does (the worker process, `gateway worker`, starts its own)
     keys = gw.keys
     with gw.transaction() as s:
         # Slugs of their own per gateway: with --database-url both layouts share the database.

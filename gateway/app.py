@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import Settings
 from gateway.crypto import KeyRing, new_key, new_key_id
 from gateway.crypto.keyring import write_key_file
-from gateway.db.engine import make_engine, make_sessionmaker, transaction
+from gateway.db.engine import WalCheckpointer, make_engine, make_sessionmaker, transaction
 from gateway.db.keystore import Keystore, ensure_system_keys
 from gateway.resources import migrations_dir
 
@@ -31,6 +31,7 @@ class Gateway:
     engine: Engine = field(init=False)
     sessions: sessionmaker[Session] = field(init=False)
     readers: sessionmaker[Session] = field(init=False)
+    checkpointer: WalCheckpointer | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.engine = make_engine(self.settings.resolved_database_url)
@@ -75,5 +76,14 @@ class Gateway:
             ensure_system_keys(session, self.ring)
         self.reload_keys()
 
+    def start_checkpoints(self) -> None:
+        """In a long-running process (`gateway run`, `gateway worker`): SQLite's write-ahead log is
+        checkpointed by a thread of this process, not inside a writer's commit (`WalCheckpointer`)."""
+        if self.checkpointer is None:
+            self.checkpointer = WalCheckpointer(self.engine).start()
+
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         self.engine.dispose()

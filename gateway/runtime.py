@@ -79,6 +79,7 @@ class Runtime:
     def start(self) -> Runtime:
         if self.gw.settings.sender_auth == "none":
             _log().warning("sender_auth.none", detail="inbound senders are not authenticated: development only")
+        self.gw.start_checkpoints()
         self.notices.start()
         if self.smtp is not None:
             self.smtp.start()

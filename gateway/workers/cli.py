@@ -26,6 +26,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     if broker_kind(gw.settings) == EMBEDDED:
         raise InvalidInput("gateway worker needs GATEWAY_BROKER_URL (redis:// or amqp://); the embedded broker runs inside `gateway run`")
     stopping = stop_signal()
+    gw.start_checkpoints()
     service = NoticeService(gw, worker=True, threads=args.threads).start()
     # As `gateway run` does for its web app: the start-up heap (SQLAlchemy, jinja2, dramatiq) is left out
     # of the collector's full passes, each of which stopped every actor thread for tens of milliseconds.

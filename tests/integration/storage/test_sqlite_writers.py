@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from gateway.db.engine import _sqlite_writer, make_engine, make_sessionmaker, transaction
+from gateway.db.engine import WalCheckpointer, _sqlite_writer, make_engine, make_sessionmaker, transaction
 
 _HOLDER = textwrap.dedent(
     """
@@ -79,3 +79,38 @@ def test_the_file_lock_is_held_until_the_outermost_transaction_of_the_thread_end
     finally:
         writer.release()
     assert _lock_is_free(tmp_path)
+
+
+def test_a_checkpointer_takes_the_log_over_from_the_commits_and_gives_it_back(tmp_path: Path) -> None:
+    url, factory = _factory(tmp_path)
+    engine = factory.kw["bind"]
+
+    def autocheckpoint() -> int:
+        with engine.connect() as c:
+            return c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+
+    assert autocheckpoint() == 1000  # SQLite's own: inside the commit that crosses 1,000 pages
+    checkpointer = WalCheckpointer(engine, period=0.05).start()
+    database = tmp_path / "w.db"
+    try:
+        assert autocheckpoint() == 0  # connections opened from now on leave it to the thread
+        before = database.stat().st_size
+        for i in range(50):
+            with transaction(factory) as s:
+                s.execute(text("INSERT INTO t (who, at) VALUES (:who, :at)"), {"who": "x" * 4000, "at": time.time()})
+        # The rows are in the log; within a few periods the thread copies them into the database file.
+        deadline = time.monotonic() + 10
+        while database.stat().st_size <= before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert database.stat().st_size > before + 50 * 4000
+    finally:
+        checkpointer.stop()
+    engine.dispose()
+    assert autocheckpoint() == 1000
+
+
+def test_the_checkpointer_does_nothing_on_other_databases(tmp_path: Path) -> None:
+    engine = make_engine("sqlite://")  # in memory: no log to checkpoint
+    checkpointer = WalCheckpointer(engine).start()
+    assert checkpointer._thread is None
+    checkpointer.stop()
