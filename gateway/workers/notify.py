@@ -172,7 +172,8 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Look:
-    """What the read transaction found: whether the row is settled without sending, else how to send it."""
+    """What the claim's transaction read: whether the row is settled without sending, else where it goes,
+    still sealed (the addresses are opened after the commit, outside the writers' turn: `Notifier._open`)."""
 
     kind: str
     patient_id: str | None
@@ -184,10 +185,32 @@ class Look:
     practice_name: str = ""
     locale: str = "fr"
     thread_code: str | None = None
-    attempts: tuple[Attempt, ...] = ()
-    reply_to: str | None = field(default=None, repr=False)
-    in_reply_to: str | None = field(default=None, repr=False)
+    routes: tuple[tuple[Route, Any], ...] = field(default=(), repr=False)  # each with its contact's columns
+    key_columns: tuple[str | None, bytes | None] = field(default=(None, None), repr=False)  # the patient's key
+    reply_party: str | None = None  # the recipient's side of the thread, for its reply address
+    token_version: int = 0
+    answered: Answered | None = field(default=None, repr=False)  # what an acknowledgement answers
     sms_from: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The inbound message an acknowledgement answers: its sealed original and its thread's key columns."""
+
+    message_id: str
+    original_ct: bytes = field(repr=False)
+    patient_id: str
+    kek_id: str | None = field(repr=False)
+    dek_wrapped: bytes | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A claimed notice's addresses, opened after the claim committed."""
+
+    attempts: tuple[Attempt, ...] = field(repr=False)
+    reply_to: str | None = field(repr=False)
+    in_reply_to: str | None = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -241,16 +264,17 @@ class Notifier:
         `settle_later` (the actor): an email the relay accepted is recorded `sent` behind the run
         (`Combined.later`), not before it returns; every other outcome is committed before it returns.
 
-        One short transaction reads what the claim needs (coalescing, routes, addresses: two queries) and
-        claims the row and issues its link; rendering and sending wait for its commit. A separate read
-        transaction before it cost more (a connection, a BEGIN and a COMMIT per notice) than the writer
-        lock is held for the two queries. Claims and outcomes of threads that queue up at the same time
-        share one transaction (`Combined`)."""
+        One short transaction reads what the claim needs (coalescing and routes: one query, two when an
+        earlier notice may cover this one) and claims the row and issues its link; the addresses are opened
+        after its commit, then the notice is rendered and sent. A separate read transaction before it cost
+        more (a connection, a BEGIN and a COMMIT per notice) than the writer lock is held for the queries.
+        Claims and outcomes of threads that queue up at the same time share one transaction (`Combined`),
+        which every actor thread's writes wait for: only what needs the database runs in it."""
         keys = self.gw.keys  # loaded before any transaction (SQLite: it opens its own read session)
         now = datetime.now(timezone.utc)
 
         def look_and_claim(db: Connection) -> tuple[Look | None, Claimed | str | None]:
-            look = self._look(db, keys, row_id, now)
+            look = self._look(db, row_id, now)
             return look, (self._claim(db, row_id, now, look) if look is not None else None)
 
         look, claimed = self._writes.run(look_and_claim)
@@ -263,12 +287,13 @@ class Notifier:
             else:
                 log.warning("notice.failed", row=row_id, kind=look.kind, code=look.fail)
             return claimed
-        plan = self._plan(row_id, look, claimed, settle_later)
+        plan = self._plan(row_id, look, self._open(keys, look), claimed, settle_later)
         return self._send(plan) if isinstance(plan, Plan) else plan
 
-    # -- in the claim's transaction, first: whether to send, where, and with which addresses --
+    # -- in the claim's transaction, first: whether to send, and where (only what needs the database:
+    # the writers of every actor thread wait while it runs) --
 
-    def _look(self, db: Connection, keys, row_id: str, now: datetime) -> Look | None:  # type: ignore[no-untyped-def]
+    def _look(self, db: Connection, row_id: str, now: datetime) -> Look | None:
         window = timedelta(minutes=self.settings.notice_coalesce_minutes)
         rows = db.execute(_LOOK, {"row_id": row_id, "coalesce_since": now - window}).all()
         if not rows or not self._claimable(rows[0].state, rows[0].claimed_at, now):
@@ -294,30 +319,39 @@ class Notifier:
         routes = route_contacts(db, row, sms_possible=sms_possible, contacts=contacts)
         if not routes:
             return replace(base, fail="no-contact")
-        # Every route's contact belongs to the recipient (route_contacts checks): one key opens them all.
-        key = keys.patient_key(self._patient(row)) if row.patient_id is not None else keys.directory
         thread = row.thread_found is not None
         return replace(
             base,
             practice_name=row.practice_name,
             locale=locale,
             thread_code=row.thread_code if thread else None,
-            attempts=tuple(Attempt(route, open_value(key, contact)) for route, contact in routes),
-            reply_to=(
-                reply_address(keys.tokens, row.thread_id, party, row.thread_token_version, self.settings.mail_domain)
-                if thread
-                else None
-            ),
-            in_reply_to=(
-                self._answered_message_id(db, keys, row) if row.kind == "acknowledgement" and thread else None
-            ),
+            routes=tuple(routes),
+            key_columns=(row.patient_kek_id, row.patient_dek_wrapped),
+            reply_party=party if thread else None,
+            token_version=row.thread_token_version or 0,
+            answered=self._answered(db, row) if row.kind == "acknowledgement" and thread else None,
             sms_from=row.practice_sms_number or "",
         )
 
-    @staticmethod
-    def _patient(row: Row[Any]) -> Patient:
-        """The recipient's key material from `_LOOK`, as the (unattached) Patient the keystore reads it from."""
-        return Patient(id=row.patient_id, kek_id=row.patient_kek_id, dek_wrapped=row.patient_dek_wrapped)
+    # -- after the commit: the addresses, opened --
+
+    def _open(self, keys, look: Look) -> Opened:  # type: ignore[no-untyped-def]
+        # Every route's contact belongs to the recipient (route_contacts checks): one key opens them all.
+        if look.patient_id is not None:
+            key = keys.unwrap_patient_key(look.patient_id, *look.key_columns)
+        else:
+            key = keys.directory
+        reply_to = None
+        if look.reply_party is not None:
+            assert look.thread_id is not None
+            reply_to = reply_address(
+                keys.tokens, look.thread_id, look.reply_party, look.token_version, self.settings.mail_domain
+            )
+        return Opened(
+            attempts=tuple(Attempt(route, open_value(key, contact)) for route, contact in look.routes),
+            reply_to=reply_to,
+            in_reply_to=self._answered_message_id(keys, look) if look.answered is not None else None,
+        )
 
     def _claimable(self, state: str, claimed_at: datetime | None, now: datetime) -> bool:
         lease = timedelta(seconds=self.settings.notice_lease_seconds)
@@ -337,7 +371,7 @@ class Notifier:
         login_url, code = self._issue_token(db, look)
         return Claimed(claimed.attempts, claimed.created_at, login_url, code)
 
-    def _plan(self, row_id: str, look: Look, claimed: Claimed, settle_later: bool = False) -> Plan | str:
+    def _plan(self, row_id: str, look: Look, opened: Opened, claimed: Claimed, settle_later: bool = False) -> Plan | str:
         """Render the notice (outside any transaction); a notice that cannot be written fails here."""
         try:
             rendered = render(
@@ -351,7 +385,7 @@ class Notifier:
                     emergency_numbers=self.settings.emergency_numbers,
                 ),
                 public_url=self.settings.resolved_public_url,
-                channels={attempt.route.channel for attempt in look.attempts},
+                channels={attempt.route.channel for attempt in opened.attempts},
             )
         except ValueError:
             return self._finish_now(row_id, look.kind, "render")
@@ -360,10 +394,10 @@ class Notifier:
             kind=look.kind,
             created_at=claimed.created_at,
             attempts=claimed.attempts,
-            attempts_left=look.attempts,
+            attempts_left=opened.attempts,
             rendered=rendered,
-            reply_to=look.reply_to,
-            in_reply_to=look.in_reply_to,
+            reply_to=opened.reply_to,
+            in_reply_to=opened.in_reply_to,
             sms_from=look.sms_from,
             settle_later=settle_later,
         )
@@ -387,19 +421,27 @@ class Notifier:
             return None, issued.token
         return None, None
 
-    def _answered_message_id(self, db: Connection, keys, row: Row[Any]) -> str | None:  # type: ignore[no-untyped-def]
-        """The Message-ID of the email an acknowledgement answers (RFC 3834 In-Reply-To), when there is one."""
+    def _answered(self, db: Connection, row: Row[Any]) -> Answered | None:
+        """The message an acknowledgement answers, with the key columns of its thread's patient (the
+        thread's key, as `thread_key` finds it: most often the recipient's own)."""
         message = db.execute(_ANSWERED, {"message_id": row.message_id}).one_or_none() if row.message_id else None
         if message is None or message.original_ct is None:
             return None
+        if row.thread_patient_id == row.patient_id:
+            kek_id, wrapped = row.patient_kek_id, row.patient_dek_wrapped
+        else:
+            found = db.execute(_PATIENT_KEY, {"patient_id": row.thread_patient_id}).one_or_none()
+            if found is None:
+                return None
+            kek_id, wrapped = found.kek_id, found.dek_wrapped
+        return Answered(message.id, message.original_ct, row.thread_patient_id, kek_id, wrapped)
+
+    def _answered_message_id(self, keys, look: Look) -> str | None:  # type: ignore[no-untyped-def]
+        """The Message-ID of the email an acknowledgement answers (RFC 3834 In-Reply-To), when there is one."""
+        answered: Answered = look.answered
         try:
-            # The thread's key is its patient's (as `thread_key` finds it), most often the recipient's own.
-            if row.thread_patient_id == row.patient_id:
-                patient = self._patient(row)
-            else:
-                found = db.execute(_PATIENT_KEY, {"patient_id": row.thread_patient_id}).one()
-                patient = Patient(id=found.id, kek_id=found.kek_id, dek_wrapped=found.dek_wrapped)
-            raw = keys.patient_key(patient).open(message.original_ct, aad=original_aad(message.id, row.thread_id))
+            key = keys.unwrap_patient_key(answered.patient_id, answered.kek_id, answered.dek_wrapped)
+            raw = key.open(answered.original_ct, aad=original_aad(answered.message_id, look.thread_id))
             value = BytesHeaderParser(policy=SMTP).parsebytes(raw).get("Message-ID")
         except Exception:  # noqa: BLE001 - a missing or odd header only means no In-Reply-To
             return None
