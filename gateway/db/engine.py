@@ -8,6 +8,7 @@ import fcntl
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -106,15 +107,26 @@ _SQLITE_WRITERS: dict[str, _SqliteWriter] = {}
 _SQLITE_WRITERS_GUARD = threading.Lock()
 
 
+# Each engine's writer lock, found once (rendering the URL at every transaction cost more than its lookup).
+_WRITER_OF: weakref.WeakKeyDictionary[Engine, _SqliteWriter | None] = weakref.WeakKeyDictionary()
+
+
 def _sqlite_writer(factory: sessionmaker[Session]) -> _SqliteWriter | None:
     bind = factory.kw.get("bind")
-    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite" or bind.get_execution_options().get("readonly"):
+    if not isinstance(bind, Engine):
         return None
-    key = str(bind.url)
-    writer = _SQLITE_WRITERS.get(key)
-    if writer is None:
+    try:
+        return _WRITER_OF[bind]
+    except KeyError:
+        pass
+    writer = None
+    if bind.dialect.name == "sqlite" and not bind.get_execution_options().get("readonly"):
+        key = str(bind.url)
         with _SQLITE_WRITERS_GUARD:
-            writer = _SQLITE_WRITERS.setdefault(key, _SqliteWriter(bind.url.database))
+            writer = _SQLITE_WRITERS.get(key)
+            if writer is None:
+                writer = _SQLITE_WRITERS[key] = _SqliteWriter(bind.url.database)
+    _WRITER_OF[bind] = writer
     return writer
 
 
