@@ -12,11 +12,20 @@ Two layouts, as deployed:
   (`--bare-worker`). Each worker process is started and has sent one message before anything is timed;
   the `gateway worker` polls only hourly, so rows are handed out by this process's dispatcher, as the web
   process's would be. The sink stays in this process for both sides.
-The sink (aiosmtpd, about 1.5 ms CPU a message here) is counted on both sides and by default runs in this
-process, sharing its GIL with both sides; `--sink-process` runs it in a process of its own, as a relay would
-be: both rates are then higher and their ratio lower (one run: in-process 0.35 drain, 0.23 end to end;
-redis 0.42 and 0.31, against 0.48-0.54 and 0.37-0.42, 0.45-0.57 and 0.31-0.42 over runs with the sink in
-this process).
+The sink (aiosmtpd, about 1.1-1.3 ms CPU a message here) is counted on both sides and by default runs in
+this process, sharing its GIL with both sides; `--sink-process` runs it in a process of its own, as a relay
+would be: both rates are then higher and their ratio lower (one run: in-process 0.40 drain, 0.32 end to
+end; redis 0.57 and 0.46).
+
+What bounds each side here (2 cores): in-process, both sides use about one core (the GIL), so the ratio is
+about the ratio of CPU per notice (bare 2.3 ms: sink and SMTP client; whole path 4.2-5.0 ms: posting
+0.4-0.8, the actor's claim, link, render and outcome about 1.1, the dispatcher about 0.1). With Redis the
+bare rate is bound by the sink and the enqueuing in this process, the whole path by the `gateway worker`
+process (about 2.2 ms CPU a notice: actor about 1.1, SMTP client about 1.0); while the n messages are
+posted, that process also shares the cores and the SQLite write lock with the posting one. Over runs of
+400 notices: in-process 0.53-0.61 drain, 0.49-0.55 end to end; redis 0.49-0.57 and 0.41-0.54 (the bare
+rate alone swings from 600 to 780/s). With -n 1000: in-process 0.56-0.63 and 0.48-0.56; redis 0.53-0.57
+and 0.41-0.45.
 
 Runs: "outbox drain" posts n messages first, then starts the dispatcher (and, in-process, the worker):
 the notice path alone, what the bare actor is compared with; "end to end" posts and sends at once;
