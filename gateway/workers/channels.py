@@ -80,7 +80,7 @@ def route_contacts(
     db: Connection, row: NoticeRow, *, sms_possible: bool = True, contacts: Sequence[ContactRow] | None = None
 ) -> list[tuple[Route, ContactRow]]:
     """`choose_routes` with each route's contact (the columns of `CONTACT_COLUMNS`), for the caller that
-    reveals the address next. `contacts`: the recipient's contacts, already read in `owner_contacts_order`
+    reveals the address next. `contacts`: the recipient's contacts, already read in `OWNER_CONTACTS_ORDER`
     (the notice actor reads them with the row, in one query); else they are read here."""
     spec = KINDS.get(row.kind)
     if spec is None:
