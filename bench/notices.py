@@ -35,7 +35,7 @@ latency percentiles (drain and bare: from the start of the run), and the CPU tim
 every process of the run (this one, sink included, and the worker process), user + system.
 
     .venv/bin/python bench/notices.py [-n 400] [--paced 120 --rate 20] [--threads 8] [--redis redis://127.0.0.1:6379/0]
-                                      [--database-url URL] [--sink-process]
+                                      [--database-url URL] [--sink-process] [--repeat K]
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ import base64
 import gc
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -444,6 +445,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="", help="default: a SQLite file in a temporary data dir")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--sink-process", action="store_true", help="run the SMTP sink in a process of its own")
+    parser.add_argument("--repeat", type=int, default=1, help="runs in a row, then the median ratios (default 1)")
     parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sink-serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--namespace", help=argparse.SUPPRESS)
@@ -459,25 +461,47 @@ def main() -> None:
     configure("WARNING")
     sink = SinkProcess() if args.sink_process else Sink()
     sink.controller.start()
-    rows: list[tuple[str, list[Result], Result]] = []
+    ratios: list[dict[str, float]] = []
     try:
-        for label, url in (("in-process", ""), ("redis", args.redis)):
-            if label == "redis" and not url:
-                continue
-            namespace = f"gwbench-{uuid.uuid4().hex[:8]}"
-            with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
-                gw = make_gateway(Path(tmp), sink, url, namespace, args.threads, args.database_url)
-                try:
-                    whole = whole_path(gw, sink, label, args.n, args.paced, args.rate, args.timeout, bool(url))
-                finally:
-                    gw.close()
-            bare = bare_dramatiq(sink, url, namespace, args.threads, args.n, args.timeout, bool(url))
-            if url:
-                cleanup_redis(url, namespace)
-            rows.append((label, whole, bare))
+        for _ in range(args.repeat):
+            rows = measure(args, sink)
+            report(args, rows)
+            ratios.append({
+                f"{label} {kind}": run.rate / bare.rate
+                for label, whole, bare in rows
+                for kind, run in (("drain/bare", whole[0]), ("end-to-end/bare", whole[1]))
+            })
     finally:
         sink.controller.stop()
+    if args.repeat > 1:
+        print(f"ratios over {args.repeat} runs (median, then each run)")
+        for name in ratios[0]:
+            values = [r[name] for r in ratios]
+            print(f"{name:<32} {statistics.median(values):>10.2f}   " + " ".join(f"{v:.2f}" for v in values))
+        print()
 
+
+def measure(args: argparse.Namespace, sink: Sink) -> list[tuple[str, list[Result], Result]]:
+    """One run of both layouts: each side's results, whole path and bare, on fresh gateways."""
+    rows: list[tuple[str, list[Result], Result]] = []
+    for label, url in (("in-process", ""), ("redis", args.redis)):
+        if label == "redis" and not url:
+            continue
+        namespace = f"gwbench-{uuid.uuid4().hex[:8]}"
+        with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
+            gw = make_gateway(Path(tmp), sink, url, namespace, args.threads, args.database_url)
+            try:
+                whole = whole_path(gw, sink, label, args.n, args.paced, args.rate, args.timeout, bool(url))
+            finally:
+                gw.close()
+        bare = bare_dramatiq(sink, url, namespace, args.threads, args.n, args.timeout, bool(url))
+        if url:
+            cleanup_redis(url, namespace)
+        rows.append((label, whole, bare))
+    return rows
+
+
+def report(args: argparse.Namespace, rows: list[tuple[str, list[Result], Result]]) -> None:
     print(f"\nnotices: {args.n} per saturated run, {args.paced} paced at {args.rate:g}/s; {args.threads} worker threads;"
           f" database: {args.database_url.split(':')[0] if args.database_url else 'sqlite'}")
     print(f"{'run':<32} {'notices/s':>10} {'p50 s':>8} {'p99 s':>8} {'cpu ms/notice':>14}")
@@ -489,7 +513,6 @@ def main() -> None:
         print(f"{label + ' ratio drain/bare':<32} {drain.rate / bare.rate:>10.2f}")
         print(f"{label + ' ratio end-to-end/bare':<32} {end_to_end.rate / bare.rate:>10.2f}")
     print()
-
 
 if __name__ == "__main__":
     main()
