@@ -40,7 +40,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
             # Writers take the write lock up front (IMMEDIATE): two writers then queue on busy_timeout
             # instead of one failing with "database is locked" when it upgrades a read transaction.
             # Readers (engine.execution_options(readonly=True)) begin DEFERRED and never block writers.
-            # A single statement (connection_transaction(one_statement=True)) is its own transaction.
+            # A single statement (HeldConnection.transaction(one_statement=True)) is its own transaction.
             options = conn.get_execution_options()
             if not options.get("one_statement", False):
                 conn.exec_driver_sql("BEGIN" if options.get("readonly", False) else "BEGIN IMMEDIATE")
@@ -149,25 +149,15 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-@contextmanager
-def connection_transaction(factory: sessionmaker[Session], *, one_statement: bool = False) -> Iterator[Connection]:
-    """`transaction` for Core statements only: a connection of the factory's engine, without a Session
-    (a third less work per short transaction); SQLite writers queue on the same lock.
+class HeldConnection:
+    """One connection kept for a caller that runs its transactions one at a time (the notice actor's
+    `Combined`): Core statements only, without a Session, and without a pool checkout and return around
+    each transaction (half the cost of a short transaction on SQLite). Writers queue as in `transaction`.
+    After a failed transaction the connection is closed and the next one opens a new one (a server
+    restart, an idle timeout).
 
     `one_statement=True` promises a single statement: on SQLite it is then its own transaction, without a
     BEGIN IMMEDIATE and a COMMIT around it (each a call that gives up the GIL, costly in a busy process)."""
-    with _writers_queue(factory), factory.kw["bind"].connect() as connection:
-        if one_statement:
-            connection.execution_options(one_statement=True)
-        with connection.begin():
-            yield connection
-
-
-class HeldConnection:
-    """One connection kept for a caller that runs its transactions one at a time (the notice actor's
-    `Combined`), instead of a pool checkout and return around each (half the cost of a short transaction
-    on SQLite). Writers still queue as in `connection_transaction`. After a failed transaction the
-    connection is closed and the next one opens a new one (a server restart, an idle timeout)."""
 
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self._factory = factory
@@ -175,7 +165,7 @@ class HeldConnection:
 
     @contextmanager
     def transaction(self, *, one_statement: bool = False) -> Iterator[Connection]:
-        """`connection_transaction` on the held connection; not for concurrent use."""
+        """A transaction on the held connection, committed on success; not for concurrent use."""
         with _writers_queue(self._factory):
             connection = self._connection
             if connection is None:
