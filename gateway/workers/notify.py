@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import functools
 import random
+import threading
+import time
 from collections import namedtuple
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from email.parser import BytesHeaderParser
@@ -41,6 +44,7 @@ from gateway.threads.addresses import reply_address
 from gateway.threads.service import original_aad
 from gateway.workers.channels import CONTACT_COLUMNS, OWNER_CONTACTS_ORDER, Route, mark_contact, route_contacts
 from gateway.workers.coalesce import any_candidate, covering_notice
+from gateway.workers.dispatcher import release
 from gateway.workers.senders import LoopThread, Senders
 from gateway.workers.writes import Combined, writing
 
@@ -58,6 +62,8 @@ CODE_KINDS: Final = frozenset({"verify_sms", "second_factor"})
 CODE_TTL: Final = timedelta(minutes=15)
 FINISHED: Final = ("sent", "delivered", "undelivered", "failed", "coalesced")
 _EMAIL_SEND_TIMEOUT: Final = 120.0
+# How long an actor run of several rows (`dispatcher.runs`) goes on before it gives the rest back (`__call__`).
+RUN_SECONDS: Final = 30.0
 
 
 # The statements run for every notice, built once with bind parameters: on SQLite, building and keying a
@@ -238,25 +244,53 @@ class Plan:
 class Notifier:
     """Callable as the dramatiq actor's body with a row id; one per worker process."""
 
-    def __init__(self, gw: Gateway, senders: Senders, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, gw: Gateway, senders: Senders, *, rng: random.Random | None = None, run_seconds: float = RUN_SECONDS
+    ) -> None:
         self.gw = gw
         self.settings = gw.settings
         self.senders = senders
+        self.run_seconds = run_seconds
+        self._winding_down = threading.Event()
         self._loop = LoopThread()
         self._rng = rng or random.Random()
         # The actor threads' claims and outcomes: those that queue up together share one transaction.
         self._writes = Combined(gw)
+
+    def wind_down(self) -> None:
+        """The process is stopping: runs in progress give back the rows they have not begun (see `__call__`)."""
+        self._winding_down.set()
 
     def close(self) -> None:
         """Commit the outcomes still written behind, then stop the send loop."""
         self._writes.close()
         self._loop.close()
 
-    def __call__(self, row_id: str) -> None:
+    def __call__(self, row_ids: str | Sequence[str]) -> None:
+        """The actor's body: the rows of one run (a list of row ids, or one id), sent one after the other.
+
+        A run gives the rows it has not begun back to the outbox, due at once, once it has taken `run_seconds`
+        (a slow relay or provider: other threads and processes take them, and the run stays far inside the
+        actor's time limit) or when the process is stopping (`wind_down`: the drain waits for one notice a
+        thread, not for whole runs)."""
+        ids = [row_ids] if isinstance(row_ids, str) else list(row_ids)
+        started = time.monotonic()
+        for done, row_id in enumerate(ids):
+            if done and (self._winding_down.is_set() or time.monotonic() - started > self.run_seconds):
+                self.give_back(ids[done:])
+                return
+            try:
+                self.deliver(row_id, settle_later=True)
+            except Exception as exc:  # noqa: BLE001 - the actor's edge: the row keeps its lease and is handed out again
+                log.error("notice.error", row=row_id, error=type(exc).__name__)
+
+    def give_back(self, row_ids: list[str]) -> None:
+        """Rows handed to this run and not yet claimed: `pending` again, due now (a claimed row is left alone)."""
         try:
-            self.deliver(row_id, settle_later=True)
-        except Exception as exc:  # noqa: BLE001 - the actor's edge: the row keeps its lease and is handed out again
-            log.error("notice.error", row=row_id, error=type(exc).__name__)
+            with writing(self.gw) as session:
+                release(session, row_ids)
+        except Exception as exc:  # noqa: BLE001 - they are handed out again when their lease ends
+            log.error("notice.give_back_failed", rows=len(row_ids), error=type(exc).__name__)
 
     def deliver(self, row_id: str, *, settle_later: bool = False) -> str | None:
         """Send the notice of a claimed (`queued`) row; returns the row's new state, None if it was not ours.

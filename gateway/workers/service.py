@@ -23,7 +23,7 @@ from gateway.workers.senders import make_senders
 log = get_logger("gateway.workers")
 
 
-def _not_here(row_id: str) -> None:  # pragma: no cover - a process without a worker never runs the actor
+def _not_here(row_ids: str | list[str]) -> None:  # pragma: no cover - a process without a worker never runs the actor
     raise RuntimeError("this process does not run notice actors")
 
 
@@ -40,37 +40,45 @@ class NoticeService:
         threads = threads or gw.settings.worker_threads
         # Embedded only: rows handed to the in-memory broker and not yet run, given back when stopping. Their
         # number is capped, so a backlog waits in the outbox (durable, in order) rather than in memory. Eight
-        # per thread: a refill (one claim transaction) every four runs per thread, seconds' work at most.
+        # rows a thread: a refill (one claim transaction) every four rows a thread, seconds' work at most.
         self._outstanding: set[str] = set()
         self._lock = threading.Lock()
         self._room = threads * 8
         self.dispatcher = (
-            Dispatcher(gw, self._enqueue, capacity=self._capacity if self.embedded else None) if dispatcher else None
+            Dispatcher(gw, self._enqueue, capacity=self._capacity if self.embedded else None, threads=threads)
+            if dispatcher
+            else None
         )
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=250) if worker else None
+        if self.worker is not None:
+            # One message in hand a thread, not dramatiq's two: a message is a run of up to RUN_ROWS rows, and
+            # several worker processes share a claim's runs rather than the first consumer taking them all.
+            self.worker.queue_prefetch = threads
 
-    def _enqueue(self, row_id: str) -> None:
+    def _enqueue(self, row_ids: list[str]) -> None:
         if self.embedded:
             with self._lock:
-                self._outstanding.add(row_id)
-        self.actor.send(row_id)
+                self._outstanding.update(row_ids)
+        self.actor.send(row_ids)
 
     def _capacity(self) -> int:
         with self._lock:
             return self._room - len(self._outstanding)
 
-    def _run(self, row_id: str) -> None:
+    def _run(self, row_ids: str | list[str]) -> None:
+        """The actor's body: a run of row ids (one id in messages from before runs were lists)."""
         assert self.notifier is not None
         try:
-            self.notifier(row_id)
+            self.notifier(row_ids)
         finally:
             if self.embedded:
                 with self._lock:
-                    self._outstanding.discard(row_id)
+                    before = len(self._outstanding)
+                    self._outstanding.difference_update([row_ids] if isinstance(row_ids, str) else row_ids)
                     # Woken once as the rows in memory fall to half the room (not at every run below it:
                     # each wake-up is a claim transaction, for a handful of rows); fewer rows than that
                     # are handed out as they are committed (a commit's wake-up) or at the next poll.
-                    low = len(self._outstanding) == self._room // 2
+                    low = before > self._room // 2 >= len(self._outstanding)
                 if low and self.dispatcher is not None:
                     self.dispatcher.wake()
 
@@ -106,6 +114,8 @@ class NoticeService:
         """Stop dispatching, let actor runs in progress finish (up to `timeout`), give back what never ran."""
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.notifier is not None:
+            self.notifier.wind_down()
         if self.worker is not None:
             self.worker.stop(timeout=int(timeout * 1000))
         if self.embedded and self._outstanding:

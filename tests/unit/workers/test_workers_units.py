@@ -105,3 +105,28 @@ def test_rabbitmq_broker_health() -> None:
     broker_check(make_broker(settings(broker_url="amqp://guest:guest@127.0.0.1:5672/%2F")))()
     with pytest.raises(Exception):
         broker_check(make_broker(settings(broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")))()
+
+
+@pytest.mark.parametrize(
+    ("rows", "threads", "sizes"),
+    [
+        (0, 8, []),
+        (1, 8, [1]),
+        (16, 8, [1] * 16),  # up to twice the threads: one row a run, every thread sends at once
+        (40, 8, [2] * 20),
+        (200, 8, [8] * 25),  # a backlog: runs of RUN_ROWS at most
+        (24, 4, [3] * 8),
+        (10, 4, [1] * 10),
+        (11, 1, [5, 5, 1]),
+    ],
+)
+def test_runs_cut_a_claim_into_at_least_twice_as_many_runs_as_threads(rows: int, threads: int, sizes: list[int]) -> None:
+    from gateway.workers.dispatcher import RUN_ROWS, runs
+
+    ids = [f"row{i}" for i in range(rows)]
+    cut = runs(ids, threads=threads)
+    assert [len(run) for run in cut] == sizes
+    assert [row for run in cut for row in run] == ids  # every row once, in the claim's order
+    assert all(len(run) <= RUN_ROWS for run in cut)
+    if rows:
+        assert len(cut) >= min(rows, 2 * threads)
