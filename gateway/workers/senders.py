@@ -78,7 +78,13 @@ class LoopThread:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return self.wait(self.submit(coro), timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start `coro` on the loop now; `wait` for its result later."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def wait(self, future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:

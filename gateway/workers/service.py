@@ -35,9 +35,11 @@ class NoticeService:
         if self.embedded and not worker:
             raise ValueError("the embedded broker needs the in-process worker")
         self.broker = make_broker(gw.settings)
-        self.notifier = Notifier(gw, make_senders(gw.settings)) if worker else None
-        self.actor = bind_notify(self.broker, gw.settings, self._run if worker else _not_here)
         threads = threads or gw.settings.worker_threads
+        # As many emails in flight as threads, a run's sent together included: a worker killed mid-send
+        # leaves at most that many to be sent twice.
+        self.notifier = Notifier(gw, make_senders(gw.settings), max_sends=threads) if worker else None
+        self.actor = bind_notify(self.broker, gw.settings, self._run if worker else _not_here)
         # Embedded only: rows handed to the in-memory broker and not yet run, given back when stopping. Their
         # number is capped, so a backlog waits in the outbox (durable, in order) rather than in memory. Eight
         # rows a thread: a refill (one claim transaction) every four rows a thread, seconds' work at most.

@@ -132,18 +132,20 @@ def login_token(text: str) -> str:
 
 
 class SlowSink(SmtpSink):
-    """An SmtpSink whose DATA takes `delay` seconds before its 250 (and that counts DATA in progress), so a
-    test can kill a sender mid-transaction."""
+    """An SmtpSink whose DATA takes `delay` seconds before its 250 (and that counts DATA in progress, and the
+    most at once), so a test can kill a sender mid-transaction or see how many transactions overlap."""
 
     def __init__(self, *, delay: float = 0.0, **options: object) -> None:
         super().__init__(**options)  # type: ignore[arg-type]
         self.delay = delay
         self.in_data = 0
+        self.most_in_data = 0
         self._count_lock = threading.Lock()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self._count_lock:
             self.in_data += 1
+            self.most_in_data = max(self.most_in_data, self.in_data)
         try:
             await asyncio.sleep(self.delay)
             return await super().handle_DATA(server, session, envelope)

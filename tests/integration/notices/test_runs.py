@@ -4,10 +4,11 @@ gone on too long or when its process is stopping; a message of one id (from befo
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 import dramatiq
+import pytest
 from sqlalchemy import select
 
 from gateway.app import Gateway
@@ -16,8 +17,9 @@ from gateway.workers.dispatcher import claim_due
 from gateway.workers.notify import Notifier
 from gateway.workers.senders import make_senders
 from gateway.workers.service import NoticeService
-from tests.support.notice_world import make_world, post, wait_for
+from tests.support.notice_world import SlowSink, make_world, post, wait_for
 from tests.support.smtp_sink import SmtpSink
+from tests.support.twilio_standin import TwilioStandIn
 
 Wired = Callable[..., Gateway]
 
@@ -139,3 +141,63 @@ def test_a_backlog_goes_to_the_worker_in_runs_and_every_notice_once(
     assert sorted(row for run in messages.runs for row in run) == sorted(states(gw))
     assert len(messages.runs) < 24
     assert max(len(run) for run in messages.runs) == 4
+
+
+@pytest.fixture
+def slow_relay() -> Iterator[SlowSink]:
+    relay = SlowSink(delay=0.3)  # each DATA answered after 0.3 s: transactions of one run overlap
+    relay.start()
+    yield relay
+    relay.stop()
+
+
+def test_a_runs_emails_go_to_the_relay_together_up_to_max_sends(
+    wired: Wired, canaries: dict[str, str], slow_relay: SlowSink
+) -> None:
+    relay = slow_relay
+    gw = wired(outbound_smtp_url=f"smtp://{relay.host}:{relay.port}")
+    addresses = posted(gw, canaries, 6, "together")
+    together = Notifier(gw, make_senders(gw.settings))  # max_sends: one a worker thread (8)
+    try:
+        ids = claimed(gw)
+        together(ids[:4])
+        assert relay.most_in_data == 4  # one thread, four transactions at once
+        assert sorted(relay.recipients()) == sorted(addresses[:4])
+    finally:
+        together.close()
+    relay.most_in_data = 0
+    capped = Notifier(gw, make_senders(gw.settings), max_sends=1)
+    try:
+        capped(ids[4:])
+    finally:
+        capped.close()
+    assert relay.most_in_data == 1
+    assert sorted(relay.recipients()) == sorted(addresses)
+    assert {state for state, _, _ in states(gw).values()} == {"sent"}
+
+
+def test_in_a_run_a_refused_email_falls_back_to_sms_and_a_deferred_one_is_retried(
+    wired: Wired, sink: SmtpSink, twilio_standin: TwilioStandIn, canaries: dict[str, str]
+) -> None:
+    gw = wired()
+    for i in range(4):
+        world = make_world(gw, canaries, suffix=str(i + 1), patient_email=f"mixed{i}@example.net",
+                           patient_phone=f"+3361234567{i}")
+        post(gw, world, "practitioner", canaries)
+    # Which of the run's transactions meets which reply depends on the order the relay sees them.
+    sink.fail_next(1, "550 5.1.1 No such user", at="rcpt")
+    sink.fail_next(1, "451 4.3.0 Try again later", at="rcpt")
+    notifier = Notifier(gw, make_senders(gw.settings))
+    try:
+        notifier(claimed(gw))
+    finally:
+        notifier.close()
+    with gw.readers() as s:
+        outcomes = sorted((r.state, r.channel, r.error_code) for r in s.scalars(select(OutboxRow)))
+    assert outcomes == [
+        ("pending", "email", "smtp-451"),  # retried later, with backoff
+        ("sent", "email", None),
+        ("sent", "email", None),
+        ("sent", "sms", None),  # the refused address: the patient's phone instead
+    ]
+    assert len(sink.messages) == 2 and len(twilio_standin.messages) == 1
