@@ -8,34 +8,36 @@ Two layouts, as deployed:
 - in-process (GATEWAY_BROKER_URL empty, `gateway run`): posting, dispatcher, dramatiq worker and the sink
   share this one process; the bare actor's worker runs in this process too.
 - redis (`gateway run --no-worker` plus `gateway worker`): posting and the dispatcher run in this process,
-  the notice actor in one `gateway worker` process; the bare actor likewise in a worker process of its own
-  (`--bare-worker`). Each worker process is started and has sent one message before anything is timed;
-  the `gateway worker` polls only hourly, so rows are handed out by this process's dispatcher, as the web
-  process's would be. The sink stays in this process for both sides.
+  the notice actor in one `gateway worker` process (`--worker-processes K`: K of them); the bare actor
+  likewise in as many worker processes of its own (`--bare-worker`). Each worker process is started and
+  has sent a few messages before anything is timed; the `gateway worker` polls only hourly, so rows are
+  handed out by this process's dispatcher, as the web process's would be. The sink stays in this process
+  for both sides.
 The sink (aiosmtpd, about 1.1-1.3 ms CPU a message here) is counted on both sides and by default runs in
 this process, sharing its GIL with both sides; `--sink-process` runs it in a process of its own, as a relay
-would be: both rates are then higher and their ratio lower (one run: in-process 0.40 drain, 0.32 end to
-end; redis 0.57 and 0.46).
+would be (one run: in-process 0.54 drain, 0.46 end to end; redis 0.59 and 0.54).
 
 What bounds each side here (2 cores): in-process, both sides use about one core (the GIL), so the ratio is
-about the ratio of CPU per notice (bare 2.3 ms: sink and SMTP client; whole path 4.2-5.0 ms: posting
-0.4-0.8, the actor's claim, link, render and outcome about 1.1, the dispatcher about 0.1). With Redis the
-bare rate is bound by the sink and the enqueuing in this process, the whole path by the `gateway worker`
-process (about 2.2 ms CPU a notice: actor about 1.1, SMTP client about 1.0); while the n messages are
-posted, that process also shares the cores and the SQLite write lock with the posting one. Over runs of
-400 notices: in-process 0.53-0.61 drain, 0.49-0.55 end to end; redis 0.49-0.57 and 0.41-0.54 (the bare
-rate alone swings from 600 to 780/s). With -n 1000: in-process 0.56-0.63 and 0.48-0.56; redis 0.53-0.57
-and 0.41-0.45.
+about the ratio of CPU per notice (bare 1.7-2.0 ms: sink and SMTP client; whole path 3.2-3.5 ms: posting,
+the actor's claim, link, render and outcome, the dispatcher). With Redis the bare rate is bound by the
+sink and the enqueuing in this process; the whole path by the `gateway worker` process and, while the n
+messages are posted, by the cores and the SQLite write lock it shares with the posting process, and by
+how soon the sink, in that busy process, answers. The dispatcher hands a backlog out in runs of up to 8
+rows whose emails go to the relay together (`gateway/workers/dispatcher.py`, `Notifier.__call__`).
+Over 5 runs of 400 notices: in-process 0.51-0.74 drain (median 0.61), 0.52-0.64 end to end (0.55); redis
+0.61-0.71 (0.68) and 0.46-0.61 (0.49; the bare rate swings from 900 to 1,050/s). With -n 1000, two runs:
+in-process 0.62/0.63 and 0.57/0.58, redis 0.74/0.74 and 0.61/0.60. With --worker-processes 2, three
+runs: redis 0.70-0.75 and 0.55-0.62.
 
 Runs: "outbox drain" posts n messages first, then starts the dispatcher (and, in-process, the worker):
 the notice path alone, what the bare actor is compared with; "end to end" posts and sends at once;
 "paced" posts at a steady rate well below capacity (the latency a recipient sees on a normal day). The
 bare run enqueues n messages to a worker already running. Each row prints notices/s, the post -> delivery
 latency percentiles (drain and bare: from the start of the run), and the CPU time spent per notice by
-every process of the run (this one, sink included, and the worker process), user + system.
+every process of the run (this one, sink included, and the worker processes), user + system.
 
     .venv/bin/python bench/notices.py [-n 400] [--paced 120 --rate 20] [--threads 8] [--redis redis://127.0.0.1:6379/0]
-                                      [--database-url URL] [--sink-process] [--repeat K]
+                                      [--database-url URL] [--sink-process] [--repeat K] [--worker-processes K]
 """
 from __future__ import annotations
 
@@ -294,20 +296,21 @@ def gateway_worker(gw: Gateway, sink: Sink, threads: int) -> subprocess.Popen[by
 
 
 def whole_path(gw: Gateway, sink: Sink, label: str, n: int, paced: int, rate: float, timeout: float,
-               own_process: bool) -> list[Result]:
+               own_process: bool, processes: int = 1) -> list[Result]:
     drain = make_threads(gw, n, f"d{uuid.uuid4().hex[:6]}-")
     saturate = make_threads(gw, n, f"s{uuid.uuid4().hex[:6]}-")
     calm = make_threads(gw, paced, f"p{uuid.uuid4().hex[:6]}-")
     results = []
-    worker = None
+    workers = []
     if own_process:
-        # The worker process starts, and sends one notice, before anything is timed.
-        ((warm_id, _),) = make_threads(gw, 1, f"w{uuid.uuid4().hex[:6]}-")
-        worker = gateway_worker(gw, sink, gw.settings.worker_threads)
+        # The worker processes start, and send a few notices, before anything is timed.
+        warm = make_threads(gw, 4 * processes, f"w{uuid.uuid4().hex[:6]}-")
+        workers = [gateway_worker(gw, sink, gw.settings.worker_threads) for _ in range(processes)]
         service = NoticeService(gw, worker=False).start()
         base = sink.count
-        post(gw, warm_id)
-        sink.wait(base + 1, timeout)
+        for warm_id, _ in warm:
+            post(gw, warm_id)
+        sink.wait(base + len(warm), timeout)
         service.stop()
     try:
         # 1. The notice path alone: n messages already posted, then the dispatcher (and in-process workers) start.
@@ -352,7 +355,7 @@ def whole_path(gw: Gateway, sink: Sink, label: str, n: int, paced: int, rate: fl
         finally:
             service.stop()
     finally:
-        if worker is not None:
+        for worker in workers:
             stop_process(worker)
 
 
@@ -392,21 +395,23 @@ def bare_worker_main(sink_port: int, broker_url: str, namespace: str, threads: i
 
 
 def bare_dramatiq(sink: Sink, broker_url: str, namespace: str, threads: int, n: int, timeout: float,
-                  own_process: bool) -> Result:
+                  own_process: bool, processes: int = 1) -> Result:
     broker, actor, loop = bare_actor(sink.port, broker_url, namespace)
-    process = worker = None
+    worker = None
+    workers = []
     if own_process:
         argv = [sys.executable, str(Path(__file__).resolve()), "--bare-worker", "--redis", broker_url,
                 "--namespace", namespace, "--threads", str(threads), "--sink-port", str(sink.port)]
-        process = start_process(argv, dict(os.environ), Path.cwd())
+        workers = [start_process(argv, dict(os.environ), Path.cwd()) for _ in range(processes)]
     else:
         worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=250)
         worker.start()
     try:
-        # One message first: the worker is up (and, in its own process, has started) before timing.
+        # A few messages first: the workers are up (and, in their own processes, have started) before timing.
         base = sink.count
-        actor.send(-1)
-        sink.wait(base + 1, timeout)
+        for k in range(4 * max(1, len(workers))):
+            actor.send(-1 - k)
+        sink.wait(base + 4 * max(1, len(workers)), timeout)
         base = sink.count
         cpu = CPU()
         start = time.perf_counter()
@@ -420,7 +425,7 @@ def bare_dramatiq(sink: Sink, broker_url: str, namespace: str, threads: int, n: 
     finally:
         if worker is not None:
             worker.stop(timeout=30_000)
-        if process is not None:
+        for process in workers:
             stop_process(process)
         loop.close()
         broker.close()
@@ -446,6 +451,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--sink-process", action="store_true", help="run the SMTP sink in a process of its own")
     parser.add_argument("--repeat", type=int, default=1, help="runs in a row, then the median ratios (default 1)")
+    parser.add_argument("--worker-processes", type=int, default=1,
+                        help="redis: worker processes on each side (`gateway worker`, bare), default 1")
     parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sink-serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--namespace", help=argparse.SUPPRESS)
@@ -491,10 +498,12 @@ def measure(args: argparse.Namespace, sink: Sink) -> list[tuple[str, list[Result
         with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
             gw = make_gateway(Path(tmp), sink, url, namespace, args.threads, args.database_url)
             try:
-                whole = whole_path(gw, sink, label, args.n, args.paced, args.rate, args.timeout, bool(url))
+                whole = whole_path(gw, sink, label, args.n, args.paced, args.rate, args.timeout, bool(url),
+                                   args.worker_processes)
             finally:
                 gw.close()
-        bare = bare_dramatiq(sink, url, namespace, args.threads, args.n, args.timeout, bool(url))
+        bare = bare_dramatiq(sink, url, namespace, args.threads, args.n, args.timeout, bool(url),
+                             args.worker_processes)
         if url:
             cleanup_redis(url, namespace)
         rows.append((label, whole, bare))
@@ -503,6 +512,7 @@ def measure(args: argparse.Namespace, sink: Sink) -> list[tuple[str, list[Result
 
 def report(args: argparse.Namespace, rows: list[tuple[str, list[Result], Result]]) -> None:
     print(f"\nnotices: {args.n} per saturated run, {args.paced} paced at {args.rate:g}/s; {args.threads} worker threads;"
+          f" redis: {args.worker_processes} worker process(es) a side;"
           f" database: {args.database_url.split(':')[0] if args.database_url else 'sqlite'}")
     print(f"{'run':<32} {'notices/s':>10} {'p50 s':>8} {'p99 s':>8} {'cpu ms/notice':>14}")
     for label, whole, bare in rows:
