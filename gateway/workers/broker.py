@@ -56,8 +56,8 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
 
 def bind_notify(broker: dramatiq.Broker, settings: Settings, fn: Callable[[list[str]], None]) -> dramatiq.Actor:
     """The notice actor on `broker`; `fn(row_ids)` is its body (the dispatcher side may pass a stub body).
-    Its message carries outbox row ids only: a list, a run of rows sent one after the other
-    (`dispatcher.runs`); a message from before runs carries one id, which the body also takes.
+    Its message carries outbox row ids only: a list, a run of rows (`dispatcher.runs`) whose emails go to
+    the relay together; a message from before runs carries one id, which the body also takes.
 
     Retries are the outbox's job (backoff in `next_attempt_at`, durable across broker loss), so dramatiq's
     own Retries middleware is told never to retry; the time limit stays above the longest provider timeout.

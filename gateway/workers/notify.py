@@ -245,7 +245,7 @@ class Plan:
 
 
 class Notifier:
-    """Callable as the dramatiq actor's body with a row id; one per worker process."""
+    """Callable as the dramatiq actor's body with a run of row ids (or one id); one per worker process."""
 
     def __init__(
         self,
